@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up a checkout of edged for running and testing on Debian 12 or Raspberry Pi OS:
+# the system packages edged builds and tests against, then a virtual environment in .venv
+# with edged installed (editable) and its test tools. Safe to run again: it only adds
+# what is missing. Needs root (or sudo) the first time, for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libsystemd-dev + pkg-config: systemd-python builds against them.
+# systemd: systemd-analyze, systemd-journald, systemd-sysusers and systemd-tmpfiles, used by tests.
+# python3-gi: GStreamer's Python bindings come from Debian, so the venv sees system packages.
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libsystemd-dev pkg-config systemd util-linux python3-gi)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "==> installing system packages: ${missing[*]}"
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's own Python: python3-gi (and picamera2 on Raspberry Pi OS) exist only for it.
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+echo "==> installing edged into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "==> ready: .venv/bin/edged --help"

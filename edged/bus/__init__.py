@@ -1,0 +1,1 @@
+"""The ZeroMQ bus: events published to, and requests served for, the device's services."""

@@ -1,0 +1,1 @@
+"""Camera capture: sources, newest-frame sampling, change gating and masks."""

@@ -1,0 +1,165 @@
+"""The ``edged`` command: run the daemon, and check what it will run with."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+from edged import __version__
+from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, load_config, parse_override
+from edged.config.loader import DEFAULT_CONFIG_PATH, DROP_IN_DIR
+from edged.logs import LogFormat, LogLevel
+
+DESCRIPTION = """\
+edged watches cameras and answers questions about what they see with a Qwen3.5
+vision-language model, on the device itself. systemd runs it as a service (`edged run`);
+the other commands check its configuration and try its parts by hand."""
+
+CONFIG_HELP = f"""\
+configuration, later sources winning:
+  1. {DEFAULT_CONFIG_PATH} (or --config PATH, or $EDGED_CONFIG)
+  2. {DROP_IN_DIR}/*.toml beside that file, in name order
+  3. EDGED_* environment variables, '__' between levels: EDGED_MODEL__THREADS=2
+  4. flags: --set model.threads=2, --log-level debug
+An invalid configuration is reported one line per problem, and the exit status is 78."""
+
+EXAMPLES = """\
+examples:
+  edged run                                   run on the defaults, logging to the terminal
+  edged run -c ./edged.toml --log-level debug
+  edged config check /etc/edged/edged.toml    validate without starting anything
+  edged config show --set model.threads=2     the effective config, with each value's source"""
+
+
+def _config_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("configuration")
+    group.add_argument(
+        "-c", "--config", type=Path, metavar="PATH",
+        help=f"main config file (default: $EDGED_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    group.add_argument(
+        "-s", "--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
+        help="set one value, e.g. --set cameras.front.fps=2 (repeatable; VALUE is read as TOML, "
+        "else as text)",
+    )
+    group.add_argument("--log-level", choices=get_args(LogLevel), help="shorthand for --set log.level=...")
+    group.add_argument(
+        "--log-format", choices=get_args(LogFormat),
+        help="shorthand for --set log.format=...; auto is journal under systemd, console otherwise",
+    )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="edged", description=DESCRIPTION, epilog=CONFIG_HELP + "\n\n" + EXAMPLES, formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    config_options = _config_options()
+
+    run = commands.add_parser(
+        "run", parents=[config_options], formatter_class=formatter,
+        help="run the daemon in the foreground (what systemd runs)",
+        description="Run the daemon in the foreground until SIGTERM or Ctrl-C. Under systemd it "
+        "reports readiness, status and watchdog pings; SIGHUP re-reads the configuration "
+        "(an invalid one is logged and the running one kept).",
+        epilog=CONFIG_HELP,
+    )
+    run.set_defaults(handler=_run)
+
+    config = commands.add_parser(
+        "config", help="check or show the configuration", formatter_class=formatter,
+        description="Check or show the configuration, without starting anything.", epilog=CONFIG_HELP,
+    )
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", title="commands")
+    check = config_commands.add_parser(
+        "check", parents=[config_options], formatter_class=formatter,
+        help="validate the configuration: exit 0 when valid, 78 with one line per problem",
+        description="Validate the configuration exactly as `edged run` would read it: the file, "
+        "its drop-ins, the environment and flags. Exit 0 when valid; otherwise one line per "
+        "problem (file, key, value, reason) on stderr and exit 78.",
+    )
+    check.add_argument("path", nargs="?", type=Path, help="config file to check (default: as for --config)")
+    check.set_defaults(handler=_config_check)
+    show = config_commands.add_parser(
+        "show", parents=[config_options], formatter_class=formatter,
+        help="print the effective configuration as TOML, with each value's source",
+        description="Print the effective configuration as TOML: every key with its value, and "
+        "after each value that is not a default, the file, variable or flag it came from. "
+        "The output is a valid config file.",
+    )
+    show.set_defaults(handler=_config_show)
+    config.set_defaults(handler=lambda args: _usage(config))
+    parser.set_defaults(handler=lambda args: _usage(parser))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _overrides(args: argparse.Namespace) -> list[Override]:
+    overrides = [parse_override(text) for text in args.assignments]
+    if args.log_level:
+        overrides.append(Override("log.level", args.log_level, "flag --log-level"))
+    if args.log_format:
+        overrides.append(Override("log.format", args.log_format, "flag --log-format"))
+    return overrides
+
+
+def _load(args: argparse.Namespace, path: Path | None) -> LoadedConfig | None:
+    try:
+        return load_config(path, _overrides(args))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edged.service import serve
+
+    try:
+        overrides = _overrides(args)
+    except ConfigError as error:
+        print(*error.problems, sep="\n", file=sys.stderr)
+        return EX_CONFIG
+    return serve(args.config, overrides)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    loaded = _load(args, args.path or args.config)
+    if loaded is None:
+        return EX_CONFIG
+    cameras = loaded.settings.cameras
+    print(
+        f"{loaded.describe_files()}: valid ({len(cameras)} camera{'s' if len(cameras) != 1 else ''}, "
+        f"model {loaded.settings.model.path})"
+    )
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from edged.config.render import render_config
+
+    loaded = _load(args, args.config)
+    if loaded is None:
+        return EX_CONFIG
+    sys.stdout.write(render_config(loaded))
+    return 0

@@ -1,0 +1,221 @@
+"""The daemon's lifecycle, in the order it happens: load, start, serve, reload, stop.
+
+Signals are not handled where they land: each one is written to a pipe
+(``signal.set_wakeup_fd``) and the main loop reads them in order and calls one small
+``handle_<signal>`` method. The loop also pings systemd's watchdog, but only while every
+part keeps reporting progress, so a stuck capture or inference thread gets us restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from edged import __version__
+from edged.config import (
+    EX_CONFIG,
+    ConfigError,
+    LoadedConfig,
+    Override,
+    Settings,
+    changed_keys,
+    load_config,
+)
+from edged.logs import configure_logging
+from edged.notify import SystemdNotifier, watchdog_interval
+from edged.parts import Part, PartsFactory, ProgressMonitor
+
+log = structlog.get_logger()
+
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+STATUS_REFRESH_S = 5.0
+
+
+def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
+    """The daemon's parts, in start order (they stop in reverse)."""
+    return []
+
+
+def serve(
+    config: Path | None = None,
+    overrides: Sequence[Override] = (),
+    parts_factory: PartsFactory = build_parts,
+) -> int:
+    """Run the daemon until SIGTERM or SIGINT; the exit status for ``edged run``."""
+    reload_config = lambda: load_config(config, overrides)  # noqa: E731
+    try:
+        loaded = reload_config()
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print("edged: not started: the configuration is invalid (exit 78)", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(loaded.settings.log)
+    return Service(loaded, reload_config, parts_factory).run()
+
+
+class Service:
+    """Owns the parts and speaks to systemd; everything here runs on the main thread."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        reload_config: Callable[[], LoadedConfig],
+        parts_factory: PartsFactory,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self._reload_config = reload_config
+        self.notifier = notifier or SystemdNotifier()
+        self.monitor = ProgressMonitor()
+        self.parts = parts_factory(loaded.settings, self.monitor)
+        self._started: list[Part] = []
+        self._stopping = False
+        self._reload_problem: str | None = None
+        self._last_status = ""
+        self._watchdog_timeout = watchdog_interval()
+        self._next_ping = time.monotonic()
+        self._stall_reported: list[str] = []
+
+    # -- the order things happen in ---------------------------------------------------
+
+    def run(self) -> int:
+        wakeup = self._install_signal_handlers()
+        log.info("starting", version=__version__, pid=os.getpid(), config=self.loaded.describe_files())
+        try:
+            if not self.start():
+                return 1
+            status = self.status_text()
+            self.notifier.ready(status)
+            self._last_status = status
+            log.info("ready", status=status, watchdog_s=self._watchdog_timeout)
+            while not self._stopping:
+                for signum in self._wait_for_signals(wakeup):
+                    self._dispatch(signum)
+                self._tick()
+        finally:
+            self.stop()
+        return 0
+
+    def start(self) -> bool:
+        """Start each part in order; on a failure stop those started and report it."""
+        if not self.parts:
+            log.info("no parts to start yet: running the lifecycle alone")
+        for part in self.parts:
+            log.info("starting part", part=part.name)
+            try:
+                part.start()
+            except Exception as error:
+                log.exception("part failed to start", part=part.name)
+                self.notifier.status(f"failed to start {part.name}: {error}")
+                return False
+            self._started.append(part)
+        return True
+
+    def handle_sighup(self) -> None:
+        """Re-read and apply the config; an invalid one is logged and the old one kept."""
+        self.notifier.reloading()
+        log.info("reloading config", config=self.loaded.describe_files())
+        try:
+            new = self._reload_config()
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("config reload rejected", problem=problem)
+            more = f" (+{len(error.problems) - 1} more)" if len(error.problems) > 1 else ""
+            self._reload_problem = (
+                f"reload at {time.strftime('%H:%M:%S')} rejected, previous config kept: "
+                f"{error.problems[0]}{more}"
+            )
+        else:
+            changed = changed_keys(self.loaded.settings, new.settings)
+            configure_logging(new.settings.log)
+            for part in self._started:
+                part.apply(new.settings)
+            self.loaded = new
+            self._reload_problem = None
+            log.info("config reloaded", changed=changed, config=new.describe_files())
+        status = self.status_text()
+        self.notifier.ready(status)
+        self._last_status = status
+
+    def handle_sigterm(self) -> None:
+        log.info("stop requested")
+        self._stopping = True
+
+    handle_sigint = handle_sigterm
+
+    def stop(self) -> None:
+        """Stop the started parts in reverse order; one part's failure does not stop the rest."""
+        self.notifier.stopping()
+        for part in reversed(self._started):
+            log.info("stopping part", part=part.name)
+            try:
+                part.stop()
+            except Exception:
+                log.exception("part failed to stop cleanly", part=part.name)
+        self._started.clear()
+        log.info("stopped")
+
+    # -- status and watchdog ----------------------------------------------------------
+
+    def status_text(self) -> str:
+        words = "; ".join(p.describe() for p in self._started) or "running with no parts"
+        return f"{words}; {self._reload_problem}" if self._reload_problem else words
+
+    def _tick(self) -> None:
+        status = self.status_text()
+        if status != self._last_status:
+            self.notifier.status(status)
+            self._last_status = status
+        if self._watchdog_timeout is None or time.monotonic() < self._next_ping:
+            return
+        self._next_ping = time.monotonic() + self._watchdog_timeout / 2
+        stalled = self.monitor.stalled(longer_than=self._watchdog_timeout)
+        if stalled:
+            if stalled != self._stall_reported:
+                log.warning("watchdog ping withheld: parts made no progress", parts=stalled)
+            self._stall_reported = stalled
+            return
+        self._stall_reported = []
+        self.notifier.watchdog()
+
+    def _next_wait(self) -> float:
+        wait = STATUS_REFRESH_S
+        if self._watchdog_timeout is not None:
+            wait = min(wait, max(0.0, self._next_ping - time.monotonic()))
+        return wait
+
+    # -- signals ----------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> int:
+        """Route the handled signals into a pipe that the main loop reads."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            # A Python-level handler must exist for the wakeup byte to be written.
+            signal.signal(signum, lambda *_: None)
+        return read_end
+
+    def _wait_for_signals(self, wakeup: int) -> list[int]:
+        readable, _, _ = select.select([wakeup], [], [], self._next_wait())
+        if not readable:
+            return []
+        try:
+            return list(os.read(wakeup, 64))
+        except BlockingIOError:
+            return []
+
+    def _dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name.lower()
+        handler = getattr(self, f"handle_{name}", None)
+        if handler is not None:
+            handler()

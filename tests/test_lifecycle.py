@@ -1,0 +1,157 @@
+"""The daemon's life under systemd: ready, status, watchdog, reload and stop, over real
+sd_notify datagrams to a socket standing where systemd's would be."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, NotifySocket
+
+EX_CONFIG = 78
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_run_with_no_config_reports_ready_and_says_it_has_no_parts(start_daemon, notify_socket: NotifySocket) -> None:
+    daemon = start_daemon()
+    ready = notify_socket.wait_for("READY", "1")
+    assert ready["STATUS"] == "running with no parts"
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_sigterm_sends_stopping_and_exits_zero(start_daemon, notify_socket: NotifySocket) -> None:
+    daemon = start_daemon()
+    notify_socket.wait_for("READY", "1")
+    daemon.send(signal.SIGTERM)
+    notify_socket.wait_for("STOPPING", "1")
+    assert daemon.wait() == 0
+    assert "stopped" in daemon.log()
+
+
+def test_sigint_stops_like_sigterm(start_daemon, notify_socket: NotifySocket) -> None:
+    daemon = start_daemon()
+    notify_socket.wait_for("READY", "1")
+    daemon.send(signal.SIGINT)
+    notify_socket.wait_for("STOPPING", "1")
+    assert daemon.wait() == 0
+
+
+def test_invalid_config_exits_78_without_ready(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "edged.toml", "[model]\nthreads = -1\n")
+    daemon = start_daemon("--config", str(config))
+    assert daemon.wait() == EX_CONFIG
+    assert notify_socket.collect(0.2) == []
+    assert f"{config}: model.threads: must be greater than or equal to 0, got -1" in daemon.log()
+
+
+def test_watchdog_pings_keep_arriving_at_half_the_interval(start_daemon, notify_socket: NotifySocket) -> None:
+    daemon = start_daemon(WATCHDOG_USEC="400000")
+    notify_socket.wait_for("READY", "1")
+    pings = [m for m in notify_socket.collect(2.0) if m.get("WATCHDOG") == "1"]
+    # One every 0.2 s; allow for a slow machine, but far more than one per 0.4 s interval.
+    assert len(pings) >= 6
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_no_watchdog_pings_when_watchdog_is_meant_for_another_process(start_daemon, notify_socket: NotifySocket) -> None:
+    daemon = start_daemon(WATCHDOG_USEC="400000", WATCHDOG_PID="1")
+    notify_socket.wait_for("READY", "1")
+    assert [m for m in notify_socket.collect(1.0) if "WATCHDOG" in m] == []
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_watchdog_pings_stop_when_a_part_stops_reporting_progress(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    stall_file = tmp_path / "stall"
+    config = write_config(tmp_path / "edged.toml", "")
+    daemon = start_daemon(
+        argv=[sys.executable, str(REPO / "tests/stalling_daemon.py"), str(config), str(stall_file)],
+        WATCHDOG_USEC="400000",
+    )
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "making progress"
+    assert len([m for m in notify_socket.collect(1.0) if m.get("WATCHDOG") == "1"]) >= 3
+
+    stall_file.touch()
+    notify_socket.collect(1.0)  # pings already due may still arrive while the stall ages
+    late = notify_socket.collect(1.5)
+    assert [m for m in late if m.get("WATCHDOG") == "1"] == []
+    assert "watchdog ping withheld" in daemon.log()
+    assert "stalling" in daemon.log()
+
+    stall_file.unlink()  # progress again: pings resume
+    notify_socket.wait_for("WATCHDOG", "1", timeout=5)
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_sighup_reloads_config_and_new_values_take_effect(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "edged.toml", '[log]\nlevel = "warning"\nformat = "json"\n')
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    assert daemon.log() == ""  # info events are below the configured level
+
+    write_config(config, '[log]\nlevel = "info"\nformat = "json"\n')
+    before = time.monotonic_ns() // 1000
+    daemon.send(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING", "1")
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "running with no parts"
+
+    events = [json.loads(line) for line in daemon.log().splitlines()]
+    reloaded = next(e for e in events if e["event"] == "config reloaded")
+    assert reloaded["changed"] == ["log.level"]
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_invalid_config_on_reload_keeps_the_running_config(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "edged.toml", '[log]\nlevel = "info"\nformat = "json"\n')
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+
+    # Valid except for one value: none of it may be applied, the log level included.
+    write_config(config, '[log]\nlevel = "error"\nformat = "json"\n[cameras.front]\nsource = "synthetic"\nfps = -1\n')
+    daemon.send(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING", "1")
+    status = notify_socket.wait_for("READY", "1")["STATUS"]
+    assert "rejected, previous config kept" in status
+    assert f"{config}: cameras.front.fps: must be greater than 0, got -1" in status
+
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    events = [json.loads(line) for line in daemon.log().splitlines()]
+    rejected = [e for e in events if e["event"] == "config reload rejected"]
+    assert [e["problem"] for e in rejected] == [f"{config}: cameras.front.fps: must be greater than 0, got -1"]
+    # Still at level info after the rejected reload: the stop is logged.
+    assert [e["event"] for e in events][-2:] == ["stop requested", "stopped"]
+
+
+def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "edged.toml", "")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    write_config(config, "[model]\nthreads = 'x'\n")
+    daemon.send(signal.SIGHUP)
+    assert "rejected" in notify_socket.wait_for("READY", "1")["STATUS"]
+    write_config(config, "[model]\nthreads = 2\n")
+    daemon.send(signal.SIGHUP)
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "running with no parts"
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
