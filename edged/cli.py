@@ -26,6 +26,19 @@ configuration, later sources winning:
   4. flags: --set model.threads=2, --log-level debug
 An invalid configuration is reported one line per problem, and the exit status is 78."""
 
+RUN_DESCRIPTION = """\
+Run the daemon in the foreground, logging to the terminal (to journald under systemd).
+With no config file it runs on the defaults. Under systemd (Type=notify) it reports
+readiness and status, and pings the watchdog only while every part makes progress."""
+
+RUN_SIGNALS = """\
+signals:
+  SIGHUP           re-read the configuration; an invalid one is logged and the running one kept
+  SIGTERM, SIGINT  stop: finish the current step, stop each part, exit 0
+
+exit status:
+  0 stopped on request, 1 a part failed to start, 78 the configuration is invalid"""
+
 EXAMPLES = """\
 examples:
   edged run                                   run on the defaults, logging to the terminal
@@ -66,10 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", parents=[config_options], formatter_class=formatter,
         help="run the daemon in the foreground (what systemd runs)",
-        description="Run the daemon in the foreground until SIGTERM or Ctrl-C. Under systemd it "
-        "reports readiness, status and watchdog pings; SIGHUP re-reads the configuration "
-        "(an invalid one is logged and the running one kept).",
-        epilog=CONFIG_HELP,
+        description=RUN_DESCRIPTION,
+        epilog=CONFIG_HELP + "\n\n" + RUN_SIGNALS,
     )
     run.set_defaults(handler=_run)
 
@@ -81,18 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser(
         "check", parents=[config_options], formatter_class=formatter,
         help="validate the configuration: exit 0 when valid, 78 with one line per problem",
-        description="Validate the configuration exactly as `edged run` would read it: the file, "
-        "its drop-ins, the environment and flags. Exit 0 when valid; otherwise one line per "
-        "problem (file, key, value, reason) on stderr and exit 78.",
+        description="Validate the configuration exactly as `edged run` would read it: the file,\n"
+        "its drop-ins, the environment and flags. Exit 0 when valid; otherwise one line\n"
+        "per problem (file, key, value, reason) on stderr, and exit 78.",
     )
     check.add_argument("path", nargs="?", type=Path, help="config file to check (default: as for --config)")
     check.set_defaults(handler=_config_check)
     show = config_commands.add_parser(
         "show", parents=[config_options], formatter_class=formatter,
         help="print the effective configuration as TOML, with each value's source",
-        description="Print the effective configuration as TOML: every key with its value, and "
-        "after each value that is not a default, the file, variable or flag it came from. "
-        "The output is a valid config file.",
+        description="Print the effective configuration as TOML: every key with its value and,\n"
+        "after each value that is not a default, the file, variable or flag it came from.\n"
+        "The output is itself a valid config file.",
     )
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=lambda args: _usage(config))
