@@ -44,7 +44,8 @@ examples:
   edged run                                   run on the defaults, logging to the terminal
   edged run -c ./edged.toml --log-level debug
   edged config check /etc/edged/edged.toml    validate without starting anything
-  edged config show --set model.threads=2     the effective config, with each value's source"""
+  edged config show --set model.threads=2     the effective config, with each value's source
+  edged models list                           installed model packages and what 'auto' picks"""
 
 
 def _config_options() -> argparse.ArgumentParser:
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=lambda args: _usage(config))
+
+    from edged.models.commands import add_commands as add_model_commands
+
+    add_model_commands(commands, config_options)
     parser.set_defaults(handler=lambda args: _usage(parser))
     return parser
 
@@ -125,7 +130,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _overrides(args: argparse.Namespace) -> list[Override]:
+def config_overrides(args: argparse.Namespace) -> list[Override]:
+    """The config values a command's flags set (--set, --log-level, --log-format)."""
     overrides = [parse_override(text) for text in args.assignments]
     if args.log_level:
         overrides.append(Override("log.level", args.log_level, "flag --log-level"))
@@ -136,7 +142,7 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
 
 def _load(args: argparse.Namespace, path: Path | None) -> LoadedConfig | None:
     try:
-        return load_config(path, _overrides(args))
+        return load_config(path, config_overrides(args))
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -147,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from edged.service import serve
 
     try:
-        overrides = _overrides(args)
+        overrides = config_overrides(args)
     except ConfigError as error:
         print(*error.problems, sep="\n", file=sys.stderr)
         return EX_CONFIG

@@ -22,6 +22,13 @@ class ModelConfig(BaseModel):
     max_length: int = Field(
         2048, gt=0, description="most tokens one state may hold (prompt, image and answer)"
     )
+    models_dir: Path = Field(
+        Path("/var/lib/edged/models"),
+        description="where `edged models pull` installs packages and 'auto' looks for them",
+    )
+    headroom_mb: int = Field(
+        512, ge=0, description="memory 'auto' leaves free for the system and other services, in MiB"
+    )
 
 
 class StateConfig(BaseModel):
