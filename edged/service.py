@@ -29,6 +29,7 @@ from edged.config import (
     load_config,
 )
 from edged.logs import configure_logging
+from edged.models.installed import ModelSelectionError, choose_model
 from edged.notify import SystemdNotifier, watchdog_interval
 from edged.parts import Part, PartsFactory, ProgressMonitor
 
@@ -57,7 +58,13 @@ def serve(
             print(problem, file=sys.stderr)
         print("edged: not started: the configuration is invalid (exit 78)", file=sys.stderr)
         return EX_CONFIG
+    try:
+        model = choose_model(loaded.settings.model)
+    except ModelSelectionError as error:
+        print(f"edged: not started: {error}", file=sys.stderr)
+        return EX_CONFIG
     configure_logging(loaded.settings.log)
+    log.info("model chosen", path=str(model.path), reason=model.reason)
     return Service(loaded, reload_config, parts_factory).run()
 
 
@@ -135,6 +142,8 @@ class Service:
             )
         else:
             changed = changed_keys(self.loaded.settings, new.settings)
+            if any(key.startswith("model.") for key in changed):
+                log.warning("model settings take effect at the next restart", changed=changed)
             configure_logging(new.settings.log)
             for part in self._started:
                 part.apply(new.settings)

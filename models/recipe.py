@@ -118,7 +118,9 @@ def _build_into(
 
 
 def _run(command: list[str], log: Path, what: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # The builder stamps its graphs with `git rev-parse HEAD` run near its install, which finds
+    # whatever repository holds the virtualenv: a nonexistent GIT_DIR keeps builds reproducible.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "GIT_DIR": os.devnull + ".git"}
     with log.open("w") as output:
         result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     if result.returncode != 0:

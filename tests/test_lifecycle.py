@@ -155,3 +155,27 @@ def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
     assert notify_socket.wait_for("READY", "1")["STATUS"] == "running with no parts"
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_the_chosen_model_and_why_are_logged_at_start(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import TINY
+
+    models = tmp_path / "models"
+    shutil.copytree(TINY / "text-int4", models / "small")
+    daemon = start_daemon("--log-format", "json", "--set", "model.path=auto", "--set", f"model.models_dir={models}",
+                          "--set", "model.headroom_mb=0")
+    notify_socket.wait_for("READY", "1")
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    chosen = next(json.loads(line) for line in daemon.log().splitlines() if '"model chosen"' in line)
+    assert chosen["path"] == str(models / "small")
+    assert chosen["reason"].startswith("the largest of 1 installed package(s) that fit")
+
+
+def test_a_model_path_with_no_package_stops_the_start_with_78(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    daemon = start_daemon("--set", f"model.path={tmp_path}")
+    assert daemon.wait() == EX_CONFIG
+    assert f"[model] path = '{tmp_path}': no model package there" in daemon.log()
+    assert notify_socket.collect(0.2) == []

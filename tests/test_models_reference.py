@@ -1,0 +1,134 @@
+"""The model recipe is right: its packages compute what transformers computes on the same
+checkpoint, and the committed tiny model is exactly what the recipe builds.
+
+Needs the build extra (torch, transformers, mobius-onnx), which CI installs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import onnxruntime_genai as og
+import pytest
+
+from conftest import TINY, write_png
+
+import torch  # the build extra: CI installs it, and these tests must not skip
+
+PROMPT = "Is there a person at the door?"
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint and its packages, built from scratch by the recipe."""
+    from edged.models.recipe import build_random_packages
+
+    out = tmp_path_factory.mktemp("tiny")
+    build_random_packages(out, "tiny", progress=lambda _: None, keep_checkpoint=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(rebuilt: Path):
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    return Qwen3_5ForConditionalGeneration.from_pretrained(rebuilt / "checkpoint", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rgb = (np.random.default_rng(7).random((64, 96, 3)) * 255).astype(np.uint8)
+    return write_png(tmp_path_factory.mktemp("img") / "picture.png", rgb)
+
+
+def chat(tokenizer: og.Tokenizer, content) -> str:
+    return tokenizer.apply_chat_template(json.dumps([{"role": "user", "content": content}]), add_generation_prompt=True)
+
+
+def og_greedy(package: Path, max_new: int = 24, image: Path | None = None) -> tuple[list[int], list[int], np.ndarray]:
+    """Prompt ids, greedy tokens and the logits before each token, through og.Generator."""
+    model = og.Model(str(package))
+    tokenizer = og.Tokenizer(model)
+    params = og.GeneratorParams(model)
+    generator = None
+    if image is None:
+        ids = [int(i) for i in tokenizer.encode(chat(tokenizer, PROMPT))]
+        params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+    else:
+        processor = model.create_multimodal_processor()
+        inputs = processor(chat(tokenizer, [{"type": "image"}, {"type": "text", "text": "What is there?"}]),
+                           images=og.Images.open(str(image)))
+        ids = [int(i) for i in inputs["input_ids"].as_numpy()[0]]
+        params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.set_inputs(inputs)
+    tokens, logits = [], []
+    while not generator.is_done():
+        logits.append(generator.get_logits()[0, -1].copy())
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return ids, tokens, np.stack(logits)
+
+
+def test_text_fp32_gives_transformers_tokens_and_logits(rebuilt: Path, reference) -> None:
+    ids, tokens, logits = og_greedy(rebuilt / "text-fp32", max_new=32)
+    prompt = torch.tensor([ids])
+    no_images = torch.zeros_like(prompt, dtype=torch.int32)
+    with torch.no_grad():
+        generated = reference.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                       mm_token_type_ids=no_images, max_new_tokens=len(tokens), do_sample=False)
+        assert generated[0, len(ids):].tolist() == tokens
+        full = torch.tensor([ids + tokens[:-1]])
+        expected = reference(input_ids=full, mm_token_type_ids=torch.zeros_like(full, dtype=torch.int32)).logits[0]
+    assert len(set(tokens)) > len(tokens) // 3, "greedy decoding should not repeat one token"
+    np.testing.assert_allclose(logits, expected[len(ids) - 1:].numpy(), atol=1e-3, rtol=0)
+
+
+def test_vision_encoder_and_embedding_match_transformers(rebuilt: Path, reference, picture: Path) -> None:
+    package = rebuilt / "vl-fp32"
+    model = og.Model(str(package))
+    tokenizer = og.Tokenizer(model)
+    inputs = model.create_multimodal_processor()(
+        chat(tokenizer, [{"type": "image"}, {"type": "text", "text": "What is there?"}]),
+        images=og.Images.open(str(picture)),
+    )
+    pixels, grid = inputs["pixel_values"].as_numpy(), inputs["image_grid_thw"].as_numpy()
+    ids = inputs["input_ids"].as_numpy().astype(np.int64)
+    assert grid.tolist() == [[1, 4, 6]]  # 64x96 at patch 16: 4x6 patches, merged 2x2 into 6 tokens
+
+    vision = ort.InferenceSession(str(package / "vision_encoder/model.onnx"))
+    features = vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
+    embedding = ort.InferenceSession(str(package / "embedding/model.onnx"))
+    embeds = embedding.run(None, {"input_ids": ids, "image_features": features})[0]
+
+    with torch.no_grad():
+        expected_features = reference.model.get_image_features(torch.from_numpy(pixels), torch.from_numpy(grid)).pooler_output
+        expected_features = torch.cat(list(expected_features)) if isinstance(expected_features, (list, tuple)) else expected_features
+        tokens = torch.from_numpy(ids)
+        expected_embeds = reference.model.get_input_embeddings()(tokens)
+        image_positions = (tokens == reference.config.image_token_id).unsqueeze(-1).expand_as(expected_embeds)
+        expected_embeds = expected_embeds.masked_scatter(image_positions, expected_features)
+    assert int((tokens == reference.config.image_token_id).sum()) == features.shape[0] == 6
+    np.testing.assert_allclose(features, expected_features.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embeds, expected_embeds.numpy(), atol=1e-4, rtol=0)
+
+
+def test_int4_package_loads_and_generates(rebuilt: Path) -> None:
+    _, tokens, logits = og_greedy(rebuilt / "text-int4", max_new=16)
+    assert len(tokens) >= 1
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-fp32"])
+def test_committed_tiny_package_is_what_the_recipe_builds(rebuilt: Path, picture: Path, package: str) -> None:
+    image = picture if package.startswith("vl") else None
+    assert og_greedy(TINY / package, image=image)[1] == og_greedy(rebuilt / package, image=image)[1]
+    committed = json.loads((TINY / package / "edged-model.json").read_text())
+    fresh = json.loads((rebuilt / package / "edged-model.json").read_text())
+    assert committed["fingerprint"] == fresh["fingerprint"], (
+        "models/tiny is stale: rebuild it with `edged models build --tiny --out models/tiny`"
+    )
