@@ -176,6 +176,7 @@ def _assemble_multimodal(decoder: Path, parts: Path, checkpoint: Path, package: 
             shutil.copy(decoder / item, package / "decoder" / item)
     for part in ("vision_encoder", "embedding"):
         shutil.copytree(parts / part, package / part)
+    _share_quantized_embedding(package / "embedding", package / "decoder")
     _copy_tokenizer(decoder, package)
     config = json.loads((decoder / "genai_config.json").read_text())
     from_mobius = json.loads((parts / "genai_config.json").read_text())["model"]
@@ -189,6 +190,55 @@ def _assemble_multimodal(decoder: Path, parts: Path, checkpoint: Path, package: 
     (package / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n")
     processor = _image_processor_config(checkpoint)
     (package / model["vision"]["config_filename"]).write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _share_quantized_embedding(embedding: Path, decoder: Path) -> None:
+    """Give an int4 package's embedding the decoder's int4 token table instead of float32.
+
+    mobius writes the table as float32: 1 GB for Qwen3.5's 248K-token vocabulary, more than
+    the rest of a 0.8B package. The builder's int4 decoder already holds the same tied table,
+    4-bit with a scale per 32 values, for its lm_head; a GatherBlockQuantized over a copy of
+    it gives every text token the embedding the text-only int4 package gives it, in an
+    eighth of the memory. Other precisions are left as they are.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    decoder_model = onnx.load(str(decoder / "model.onnx"), load_external_data=False)
+    tables = {t.name: t for t in decoder_model.graph.initializer}
+    if "lm_head.MatMul.weight_Q4" not in tables:
+        return
+    quantized, scales = tables["lm_head.MatMul.weight_Q4"], tables["lm_head.MatMul.weight_scales"]
+    onnx.external_data_helper.load_external_data_for_tensor(quantized, str(decoder))
+    onnx.external_data_helper.load_external_data_for_tensor(scales, str(decoder))
+    rows, blocks, block_bytes = quantized.dims
+    packed = numpy_helper.to_array(quantized).reshape(rows, blocks * block_bytes)
+
+    model = onnx.load(str(embedding / "model.onnx"))
+    graph = model.graph
+    gather = next(n for n in graph.node if n.op_type == "Gather" and "embed_tokens" in n.input[0])
+    table = next(t for t in graph.initializer if t.name == gather.input[0])
+    if list(table.dims) != [rows, blocks * block_bytes * 2]:
+        raise BuildError(f"embedding table {list(table.dims)} does not match the decoder's lm_head {list(quantized.dims)}")
+    graph.initializer.remove(table)
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(packed), "embed_tokens.weight_Q4"),
+        numpy_helper.from_array(numpy_helper.to_array(scales), "embed_tokens.weight_scales"),
+    ])
+    quantized_gather = helper.make_node(
+        "GatherBlockQuantized", ["embed_tokens.weight_Q4", gather.input[1], "embed_tokens.weight_scales"],
+        list(gather.output), name="embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+        bits=4, block_size=block_bytes * 2, gather_axis=0, quantize_axis=1,
+    )
+    position = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    graph.node.insert(position, quantized_gather)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    (embedding / "model.onnx.data").unlink()
+    onnx.save(model, str(embedding / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=1024)
 
 
 def _set_search_defaults(config: dict[str, Any]) -> None:
@@ -251,6 +301,7 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
         ("text-fp32", BuildOptions(precision="fp32", text_only=True)),
         ("text-int4", BuildOptions(precision="int4", text_only=True)),
         ("vl-fp32", BuildOptions(precision="fp32")),
+        ("vl-int4", BuildOptions(precision="int4")),
     ],
     "0.8b": [
         ("text-int4", BuildOptions(precision="int4", text_only=True)),

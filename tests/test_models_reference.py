@@ -52,8 +52,14 @@ def og_greedy(package: Path, max_new: int = 24, image: Path | None = None) -> tu
     model = og.Model(str(package))
     tokenizer = og.Tokenizer(model)
     params = og.GeneratorParams(model)
-    generator = None
-    if image is None:
+    multimodal = (package / "embedding").is_dir()
+    if image is None and multimodal:
+        inputs = model.create_multimodal_processor()(chat(tokenizer, PROMPT), images=None)
+        ids = [int(i) for i in inputs["input_ids"].as_numpy()[0]]
+        params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.set_inputs(inputs)
+    elif image is None:
         ids = [int(i) for i in tokenizer.encode(chat(tokenizer, PROMPT))]
         params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
         generator = og.Generator(model, params)
@@ -123,7 +129,7 @@ def test_int4_package_loads_and_generates(rebuilt: Path) -> None:
     assert np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-fp32"])
+@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-fp32", "vl-int4"])
 def test_committed_tiny_package_is_what_the_recipe_builds(rebuilt: Path, picture: Path, package: str) -> None:
     image = picture if package.startswith("vl") else None
     assert og_greedy(TINY / package, image=image)[1] == og_greedy(rebuilt / package, image=image)[1]
@@ -132,3 +138,29 @@ def test_committed_tiny_package_is_what_the_recipe_builds(rebuilt: Path, picture
     assert committed["fingerprint"] == fresh["fingerprint"], (
         "models/tiny is stale: rebuild it with `edged models build --tiny --out models/tiny`"
     )
+
+
+def test_decoder_computes_last_position_logits_unless_asked_for_all(rebuilt: Path, tmp_path: Path) -> None:
+    from edged.models.recipe import BuildOptions, build_package
+
+    def logits_shape(package: Path) -> list:
+        session = ort.InferenceSession(str(package / "model.onnx"))
+        return next(o.shape for o in session.get_outputs() if o.name == "logits")
+
+    every = build_package(rebuilt / "checkpoint", tmp_path / "all", BuildOptions(precision="fp32", text_only=True, all_logits=True),
+                          progress=lambda _: None)
+    assert every.lm_head == "all"
+    assert logits_shape(tmp_path / "all")[1] == "sequence_length"
+    assert json.loads((rebuilt / "text-fp32/edged-model.json").read_text())["lm_head"] == "last"
+    assert logits_shape(rebuilt / "text-fp32")[1] == 1
+
+
+def test_int4_multimodal_package_embeds_text_exactly_as_the_text_package(rebuilt: Path) -> None:
+    # Its embedding shares the decoder's int4 token table rather than a float32 copy 8x larger.
+    text_ids, text_tokens, text_logits = og_greedy(rebuilt / "text-int4")
+    vl_ids, vl_tokens, vl_logits = og_greedy(rebuilt / "vl-int4")
+    assert vl_ids == text_ids
+    assert vl_tokens == text_tokens
+    np.testing.assert_allclose(vl_logits, text_logits, atol=1e-5, rtol=0)
+    table = (rebuilt / "vl-int4/embedding/model.onnx.data").stat().st_size
+    assert table < (rebuilt / "vl-fp32/embedding/model.onnx.data").stat().st_size / 4
