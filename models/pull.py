@@ -34,6 +34,10 @@ Progress = Callable[[str], None]
 class PullError(Exception):
     """The package could not be installed; the message says why and what to do."""
 
+    def __init__(self, message: str, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
+
 
 @dataclass(frozen=True)
 class PullResult:
@@ -56,11 +60,17 @@ def pull(spec: str, models_dir: Path, progress: Progress = lambda _: None) -> Pu
     staging.mkdir(parents=True, exist_ok=True)
     write_manifest(staging, manifest)
     total = len(manifest.files)
-    for number, entry in enumerate(manifest.files, 1):
-        destination = staging / _safe_relative(entry.path)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        progress(f"[{number}/{total}] {entry.path} ({entry.size / 1e6:.1f} MB)")
-        fetch.file(entry.path, destination, entry.size, progress)
+    try:
+        for number, entry in enumerate(manifest.files, 1):
+            destination = staging / _safe_relative(entry.path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            progress(f"[{number}/{total}] {entry.path} ({entry.size / 1e6:.1f} MB)")
+            fetch.file(entry.path, destination, entry.size, progress)
+    except PullError as error:
+        if not error.resumable:  # kept only when running the command again can finish it
+            shutil.rmtree(staging)
+            _remove_if_empty(staging.parent)
+        raise
     return _install(staging, installed, manifest, progress)
 
 
@@ -193,7 +203,8 @@ class _HttpFetcher:
                 if attempt == RETRIES:
                     raise PullError(
                         f"{url}: {_reason(error)} after {RETRIES + 1} attempts; run the same "
-                        "command again to resume from what was downloaded"
+                        "command again to resume from what was downloaded",
+                        resumable=True,
                     ) from None
                 progress(f"    connection lost at {destination.stat().st_size if destination.exists() else 0} "
                          f"bytes ({_reason(error)}); resuming")

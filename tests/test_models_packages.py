@@ -256,3 +256,13 @@ def test_pull_of_a_missing_url_fails_cleanly(server: PackageServer, tmp_path: Pa
     assert result.returncode == 1
     assert "HTTP 404" in result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_a_file_missing_on_the_server_leaves_nothing_behind(server: PackageServer, tmp_path: Path) -> None:
+    url = publish(server)
+    (server.root / "vl-fp32/vision_encoder/model.onnx.data").unlink()
+    models = tmp_path / "models"
+    result = edged("models", "pull", url, "--models-dir", str(models))
+    assert result.returncode == 1
+    assert "vision_encoder/model.onnx.data: HTTP 404" in result.stderr
+    assert list(models.rglob("*")) == []
