@@ -58,12 +58,13 @@ def serve(
             print(problem, file=sys.stderr)
         print("edged: not started: the configuration is invalid (exit 78)", file=sys.stderr)
         return EX_CONFIG
+    configure_logging(loaded.settings.log)
+    log.info("starting", version=__version__, pid=os.getpid(), config=loaded.describe_files())
     try:
         model = choose_model(loaded.settings.model)
     except ModelSelectionError as error:
         print(f"edged: not started: {error}", file=sys.stderr)
         return EX_CONFIG
-    configure_logging(loaded.settings.log)
     log.info("model chosen", path=str(model.path), reason=model.reason)
     return Service(loaded, reload_config, parts_factory).run()
 
@@ -95,7 +96,6 @@ class Service:
 
     def run(self) -> int:
         wakeup = self._install_signal_handlers()
-        log.info("starting", version=__version__, pid=os.getpid(), config=self.loaded.describe_files())
         try:
             if not self.start():
                 return 1

@@ -110,10 +110,10 @@ def _build(args: argparse.Namespace) -> int:
             for manifest in manifests:
                 print(f"{manifest.name}: {manifest.size_bytes / 1e6:.1f} MB, fingerprint {manifest.fingerprint[:16]}")
             return 0
-        checkpoint = fetch_checkpoint(args.source, _progress)
         name = args.name or f"{Path(args.source.rstrip('/')).name.lower()}-{'text-' if args.text_only else ''}{args.precision}-{args.target}"
         options = BuildOptions(precision=args.precision, target=args.target, text_only=args.text_only,
                                all_logits=args.all_logits, name=name, source_label=args.source)
+        checkpoint = fetch_checkpoint(args.source, _progress)
         manifest = build_package(checkpoint, args.out, options, _progress)
     except ImportError as error:
         print(f"edged models build: {BUILD_EXTRA_HINT} ({error})", file=sys.stderr)

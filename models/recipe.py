@@ -56,6 +56,14 @@ class BuildOptions:
     name: str | None = None
     source_label: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.precision == "fp16" and self.target == "cpu":
+            raise BuildError(
+                "fp16 is for --target cuda: ORT GenAI 0.18's builder makes a CPU fp16 Qwen3.5 "
+                "decoder that does not load (it reads a KV cache for layer 0, a DeltaNet layer "
+                "that has none); on a CPU use int4 (the default) or fp32"
+            )
+
 
 def build_package(checkpoint: Path, out: Path, options: BuildOptions, progress: Progress = print) -> Manifest:
     """Build a package from a local checkpoint folder into ``out`` (replaced atomically)."""

@@ -266,3 +266,16 @@ def test_a_file_missing_on_the_server_leaves_nothing_behind(server: PackageServe
     assert result.returncode == 1
     assert "vision_encoder/model.onnx.data: HTTP 404" in result.stderr
     assert list(models.rglob("*")) == []
+
+
+def test_build_refuses_fp16_on_cpu_before_doing_any_work(tmp_path: Path) -> None:
+    result = edged("models", "build", str(tmp_path), "--out", str(tmp_path / "pkg"), "--precision", "fp16")
+    assert result.returncode == 1
+    assert "fp16 is for --target cuda" in result.stderr
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_build_needs_a_source_or_a_random_size(tmp_path: Path) -> None:
+    result = edged("models", "build", "--out", str(tmp_path / "pkg"))
+    assert result.returncode == 2
+    assert "give a SOURCE checkpoint, or --tiny / --size" in result.stderr
