@@ -1,0 +1,342 @@
+"""The stateful engine: a model package run with onnxruntime, its state handled as a value.
+
+ORT GenAI's Generator keeps one snapshot slot, cannot move a state between generators, and
+its multimodal pipeline ignores snapshots; so the engine drives the package's ONNX parts
+itself. One decoder call per extend: the state's tensors are bound as inputs without a copy,
+the outputs ORT allocates become the new state, and only the last position's logits come
+back to Python. ORT GenAI still provides the tokenizer, the chat template and the image
+processor, and is the reference the tests compare tokens against.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from edged.engine.positions import prompt_positions, text_positions
+from edged.engine.processor import ImageProcessor
+from edged.engine.sampling import SamplingOptions, TokenSampler
+from edged.engine.state import State
+from edged.models.manifest import Manifest, read_manifest
+
+Image = bytes | str | Path
+FinishReason = Literal["eos", "length", "stop", "cancelled"]
+
+
+class EngineError(Exception):
+    """A request the engine cannot carry out; the message says why."""
+
+
+class ContextFullError(EngineError):
+    """An extend would take a state past ``max_length`` tokens; nothing was run."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    """Strings that end the answer; the answer's text stops before them."""
+    sampling: SamplingOptions = SamplingOptions()
+    json_schema: dict[str, Any] | None = None
+    """Constrain the answer to JSON valid against this schema (llguidance)."""
+
+
+@dataclass
+class EngineCounters:
+    """What the engine has done since it started, for status and for tests."""
+
+    images_encoded: int = 0
+    tokens_prefilled: int = 0
+    tokens_generated: int = 0
+    decoder_runs: int = 0
+
+
+class Engine:
+    """A loaded model package. Owned by one thread; ``cancel`` events may come from any."""
+
+    def __init__(self, package: Path, threads: int = 0, provider: str = "cpu", max_length: int = 2048) -> None:
+        import onnxruntime_genai as og
+
+        self.package = Path(package)
+        self.manifest: Manifest = read_manifest(self.package)
+        self.fingerprint = self.manifest.fingerprint
+        self.max_length = max_length
+        self.counters = EngineCounters()
+        config = json.loads((self.package / "genai_config.json").read_text())["model"]
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = threads
+        self._options.inter_op_num_threads = 1
+        self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        self._device = "cuda" if provider == "cuda" else "cpu"
+        self.decoder = self._session(config["decoder"]["filename"])
+        self.tokenizer = og.Tokenizer(str(self.package))
+        self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
+        self.multimodal = "embedding" in config
+        self.embedding = self._session(config["embedding"]["filename"]) if self.multimodal else None
+        self._vision_file = config["vision"]["filename"] if "vision" in config else None
+        self._vision: ort.InferenceSession | None = None
+        self._processor: ImageProcessor | None = None
+        self.image_token_id = int(config.get("image_token_id", -1))
+        self._merge = int(config.get("vision", {}).get("spatial_merge_size", 2))
+        self._head_size = int(config["decoder"]["head_size"])
+        self._hidden = int(config["decoder"]["hidden_size"])
+        self._state_inputs = [i for i in self.decoder.get_inputs() if i.name.startswith(("past.", "past_key_values."))]
+        self._outputs = [o.name for o in self.decoder.get_outputs()]
+        self._empty = {i.name: self._zeros(i) for i in self._state_inputs}
+
+    # -- states ----------------------------------------------------------------------------
+
+    def new_state(self) -> State:
+        """The model before it has read anything."""
+        return State(fingerprint=self.fingerprint, tensors=dict(self._empty))
+
+    def extend(self, state: State, tokens: Sequence[int]) -> np.ndarray:
+        """Run ``tokens`` (after any pending ones) through the model; the next-token logits."""
+        ids = [*state.pending, *(int(t) for t in tokens)]
+        if not ids:
+            if state.logits is None:
+                raise EngineError("nothing to run: the state is empty")
+            return state.logits
+        self._check_room(state, len(ids) - len(state.pending))
+        positions = text_positions(state.next_position, len(ids))
+        self._run(state, ids, positions, embeds=self._embed(ids, None) if self.multimodal else None)
+        state.next_position += len(ids)
+        return state.logits  # type: ignore[return-value]
+
+    def extend_prompt(self, state: State, text: str, images: Sequence[Image] = ()) -> np.ndarray:
+        """Run a piece of prompt text; each image pad in it stands for the next of ``images``."""
+        if not images:
+            return self.extend(state, self.encode(text))
+        if not self.multimodal or self._vision_file is None:
+            raise EngineError(f"{self.manifest.name} is a text-only package: it cannot read images")
+        prompt = self._image_processor()(text, list(images))
+        ids = [*state.pending, *prompt.input_ids]
+        self._check_room(state, len(prompt.input_ids))
+        features = self._encode_images(prompt.pixel_values, prompt.image_grid_thw)
+        positions, next_position = prompt_positions(
+            ids, self.image_token_id, prompt.image_grid_thw, state.next_position, self._merge
+        )
+        self._run(state, ids, positions, embeds=self._embed(ids, features))
+        state.next_position = next_position
+        return state.logits  # type: ignore[return-value]
+
+    def generate(self, state: State, options: GenerationOptions = GenerationOptions(),
+                 cancel: threading.Event | None = None) -> Generation:
+        """Tokens continuing ``state``, which follows along; iterate the result to stream them."""
+        return Generation(self, state, options, cancel)
+
+    # -- text ------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(np.asarray(tokens, dtype=np.int32))
+
+    def chat_prompt(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    enable_thinking: bool = False) -> str:
+        """Messages through the model's chat template; thinking stays off unless asked for."""
+        template = self._chat_template()
+        switch = "{%- set enable_thinking = " + ("true" if enable_thinking else "false") + " -%}\n"
+        return self.tokenizer.apply_chat_template(
+            json.dumps(messages), template_str=switch + template if template else None,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    # -- the model's parts -------------------------------------------------------------------
+
+    def _session(self, filename: str) -> ort.InferenceSession:
+        return ort.InferenceSession(str(self.package / filename), self._options, providers=self._providers)
+
+    def _zeros(self, arg: ort.NodeArg) -> ort.OrtValue:
+        shape = [1 if d == "batch_size" else 0 if "sequence" in str(d) else self._head_size if isinstance(d, str) else d
+                 for d in arg.shape]
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32), self._device)
+
+    def _chat_template(self) -> str | None:
+        path = self.package / "chat_template.jinja"
+        if path.exists():
+            return path.read_text()
+        config = json.loads((self.package / "tokenizer_config.json").read_text())
+        template = config.get("chat_template")
+        return template if isinstance(template, str) else None
+
+    def _image_processor(self) -> ImageProcessor:
+        if self._processor is None:
+            self._processor = ImageProcessor(self.package)
+        return self._processor
+
+    def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None) -> np.ndarray:
+        if self._vision is None:
+            self._vision = self._session(self._vision_file)  # type: ignore[arg-type]
+        features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
+        self.counters.images_encoded += len(grid)  # type: ignore[arg-type]
+        return features
+
+    def _embed(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
+        if features is None:
+            features = np.zeros((0, self._hidden), dtype=np.float32)
+        return self.embedding.run(None, {  # type: ignore[union-attr]
+            "input_ids": np.asarray([ids], dtype=np.int64), "image_features": features,
+        })[0]
+
+    def _check_room(self, state: State, adding: int) -> None:
+        if state.length + adding > self.max_length:
+            raise ContextFullError(
+                f"the state holds {state.length} tokens and this adds {adding}: more than "
+                f"max_length {self.max_length} ([model] max_length); nothing was run"
+            )
+
+    def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
+        """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""
+        total = len(state.tokens) + len(ids)
+        binding = self.decoder.io_binding()
+        feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "position_ids": positions}
+        if embeds is not None:
+            feeds["inputs_embeds"] = embeds
+        else:
+            feeds["input_ids"] = np.asarray([ids], dtype=np.int64)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in state.tensors.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self._outputs:
+            binding.bind_output(name, self._device)
+        self.decoder.run_with_iobinding(binding)
+        outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
+        state.logits = outputs.pop("logits").numpy()[0, -1]
+        state.tensors = {_past_name(name): value for name, value in outputs.items()}
+        state.tokens.extend(ids)
+        state.pending = []
+        self.counters.decoder_runs += 1
+        self.counters.tokens_prefilled += len(ids)
+
+
+def _past_name(present: str) -> str:
+    """present.{i}.conv -> past.{i}.conv; present.{i}.key -> past_key_values.{i}.key."""
+    _, index, kind = present.split(".")
+    return f"past_key_values.{index}.{kind}" if kind in ("key", "value") else f"past.{index}.{kind}"
+
+
+@dataclass
+class Generation:
+    """A generation in progress: iterate it for (token, text) as they come, then read the
+    outcome. The state follows along: afterwards it holds the prompt and the answer (the
+    answer's last token pending), ready for a follow-up."""
+
+    engine: Engine
+    state: State
+    options: GenerationOptions
+    cancel: threading.Event | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        engine, state, options = self.engine, self.state, self.options
+        sampler = TokenSampler(options.sampling)
+        stream = engine.tokenizer.create_stream()
+        grammar = _Grammar(engine, options.json_schema) if options.json_schema is not None else None
+        held = ""  # text that might be the start of a stop string, not yet emitted
+        engine.extend(state, [])  # run any pending token so the logits are current
+        for step in range(options.max_tokens):
+            if self.cancel is not None and self.cancel.is_set():
+                self.finish_reason = "cancelled"
+                break
+            allowed = grammar.allowed() if grammar else None
+            token = sampler.pick(state.logits, [*state.tokens, *state.pending], allowed)  # type: ignore[arg-type]
+            self.tokens.append(token)
+            state.pending.append(token)
+            engine.counters.tokens_generated += 1
+            if grammar:
+                grammar.consume(token)
+            if token in engine.eos_token_ids:
+                self.finish_reason = "eos"
+                break
+            held += stream.decode(token)
+            cut = _stop_at(held, options.stop)
+            if cut is not None:
+                self.text += held[:cut]
+                self.finish_reason = "stop"
+                return
+            emit, held = _split_possible_stop(held, options.stop)
+            self.text += emit
+            yield token, emit
+            if grammar and grammar.done():  # the document is complete
+                self.finish_reason = "eos"
+                break
+            if step + 1 == options.max_tokens:
+                self.finish_reason = "length"
+                break
+            engine.extend(state, [])
+        else:
+            self.finish_reason = "length"
+        self.text += held
+
+    def run(self) -> Generation:
+        """Generate to the end without streaming."""
+        for _ in self:
+            pass
+        return self
+
+
+def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None
+
+
+def _split_possible_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str]:
+    """Text safe to emit, and a tail that could still grow into a stop string."""
+    keep = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), 0, -1):
+            if stop.startswith(text[-length:]):
+                keep = max(keep, length)
+                break
+    return (text[:-keep], text[-keep:]) if keep else (text, "")
+
+
+class _Grammar:
+    """JSON-schema constrained decoding through llguidance, the library ORT GenAI's own
+    guidance uses: at each step, the tokens that can continue a valid document."""
+
+    _tokenizers: dict[str, Any] = {}  # building one takes about a second: once per model
+
+    def __init__(self, engine: Engine, schema: dict[str, Any]) -> None:
+        import llguidance
+
+        tokenizer = self._tokenizers.get(engine.fingerprint)
+        if tokenizer is None:
+            tokenizer = llguidance.LLTokenizer(
+                (engine.package / "tokenizer.json").read_text(),
+                n_vocab=engine.manifest.architecture.vocab_size,
+                eos_token=sorted(engine.eos_token_ids)[0],
+            )
+            self._tokenizers[engine.fingerprint] = tokenizer
+        self._size = engine.manifest.architecture.vocab_size
+        # Compact JSON unless the schema says otherwise: whitespace costs a small board tokens.
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": False}
+        )
+        self._matcher = llguidance.LLMatcher(tokenizer, grammar)
+        if self._matcher.is_error():
+            raise EngineError(f"invalid JSON schema: {self._matcher.get_error()}")
+
+    def allowed(self) -> np.ndarray:
+        mask = np.full((self._size + 31) // 32, -1, dtype=np.int32)
+        self._matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        return np.unpackbits(mask.view(np.uint8), bitorder="little")[: self._size].astype(bool)
+
+    def consume(self, token: int) -> None:
+        if not self._matcher.consume_token(token):
+            raise EngineError(f"the grammar refused token {token}: {self._matcher.get_error()}")
+
+    def done(self) -> bool:
+        return self._matcher.is_stopped()

@@ -1,0 +1,108 @@
+"""States on disk: safetensors files that name their model and are never seen half-written.
+
+A file is written to a temporary name, fsynced and renamed into place, so a killed process
+leaves the old file or the new one, never a torn one. The file carries the model's
+fingerprint, the token ids and a checksum over its tensors; one from another model, or one
+damaged on disk, is refused and never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from edged.engine.state import State
+
+FORMAT = "edged-state/1"
+_LOGITS = "__logits__"
+
+
+class StateFileError(Exception):
+    """A state file that cannot be used; the message says which and why."""
+
+
+def save_state(state: State, path: Path, extra: dict[str, str] | None = None) -> int:
+    """Write ``state`` to ``path`` atomically; returns the bytes written."""
+    tensors = {name: value.numpy() for name, value in state.tensors.items()}
+    if state.logits is not None:
+        tensors[_LOGITS] = state.logits
+    metadata = {
+        "format": FORMAT,
+        "fingerprint": state.fingerprint,
+        "tokens": json.dumps(state.tokens),
+        "pending": json.dumps(state.pending),
+        "next_position": str(state.next_position),
+        "checksum": _checksum(tensors),
+        **(extra or {}),
+    }
+    data = save(tensors, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+    return len(data)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a state file, without loading its tensors."""
+    try:
+        with path.open("rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            if not 0 < size < 100 << 20:
+                raise ValueError("bad header length")
+            header = json.loads(file.read(size))
+        return dict(header.get("__metadata__", {}))
+    except (OSError, ValueError) as error:
+        raise StateFileError(f"{path}: not a readable state file ({error})") from None
+
+
+def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
+    """The state saved in ``path``; refuses a file of another model or a damaged one."""
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+    except (OSError, SafetensorError, ValueError) as error:
+        raise StateFileError(f"{path}: not a readable state file ({error})") from None
+    metadata = read_metadata(path)
+    if metadata.get("format") != FORMAT:
+        raise StateFileError(f"{path}: not an edged state file (format {metadata.get('format')!r})")
+    if metadata.get("fingerprint") != fingerprint:
+        raise StateFileError(
+            f"{path}: saved by another model (fingerprint {metadata.get('fingerprint', '?')[:16]}, "
+            f"this model is {fingerprint[:16]})"
+        )
+    if metadata.get("checksum") != _checksum(tensors):
+        raise StateFileError(f"{path}: damaged (its tensors do not match their checksum)")
+    logits = tensors.pop(_LOGITS, None)
+    return State(
+        fingerprint=fingerprint,
+        tokens=json.loads(metadata["tokens"]),
+        pending=json.loads(metadata["pending"]),
+        next_position=int(metadata["next_position"]),
+        tensors={name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device)
+                 for name, value in tensors.items()},
+        logits=logits,
+    )
+
+
+def _checksum(tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return digest.hexdigest()

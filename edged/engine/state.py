@@ -1,0 +1,47 @@
+"""The model's state as a value: everything it has read, as tensors that can be forked,
+kept and saved.
+
+A Gated DeltaNet layer's state (a short convolution window and a recurrent matrix) has a
+fixed size whatever it has read; only the full-attention layers keep a KV cache that grows
+by one entry per token. Tensors are onnxruntime OrtValues that the decoder reads and never
+writes (each run allocates new outputs), so a fork can share them with its parent: forking
+copies nothing, and each branch replaces only what it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass
+class State:
+    fingerprint: str
+    """The model package it was computed by; no other model may continue it."""
+    tokens: list[int] = field(default_factory=list)
+    """Every token run through the model, image pad tokens included."""
+    pending: list[int] = field(default_factory=list)
+    """Tokens appended but not yet run: the last generated token waits here, so a follow-up
+    runs it together with the next prompt instead of in a step of its own."""
+    next_position: int = 0
+    """Rotary position of the next token; an image advances it by less than its token count."""
+    tensors: dict[str, ort.OrtValue] = field(default_factory=dict, repr=False)
+    """Decoder state by input name (past.{i}.conv, past.{i}.recurrent, past_key_values.{i}.*)."""
+    logits: np.ndarray | None = field(default=None, repr=False)
+    """Next-token logits after ``tokens``; None when nothing has run or tokens are pending."""
+
+    def fork(self) -> State:
+        """An independent copy; neither this state nor the fork sees the other's extensions."""
+        return replace(self, tokens=list(self.tokens), pending=list(self.pending), tensors=dict(self.tensors))
+
+    @property
+    def length(self) -> int:
+        """Tokens the state holds, pending ones included."""
+        return len(self.tokens) + len(self.pending)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = sum(value.tensor_size_in_bytes() for value in self.tensors.values())
+        return tensors + (self.logits.nbytes if self.logits is not None else 0) + 8 * self.length

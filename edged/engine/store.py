@@ -1,0 +1,126 @@
+"""Where states live: prefix states by what they read, conversations under a memory budget.
+
+Prefix states ("the model after the system prompt and rules") are keyed by the model's
+fingerprint and their token ids, kept in memory and saved, so a restart with the same
+config starts warm. Conversation states live in a least-recently-used map whose total size
+never exceeds the budget: the least recently used spill to disk and come back on their
+next question. At stop every session is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from edged.engine.persist import StateFileError, load_state, read_metadata, save_state
+from edged.engine.state import State
+
+log = structlog.get_logger()
+
+
+def _file_key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+class PrefixStore:
+    """States after fixed prompt prefixes, in memory and under ``directory/prefixes``."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory = directory / "prefixes"
+        self.fingerprint = fingerprint
+        self._states: dict[str, State] = {}
+
+    def _key(self, tokens: Sequence[int]) -> str:
+        return _file_key(self.fingerprint, ",".join(map(str, tokens)))
+
+    def get(self, tokens: Sequence[int]) -> State | None:
+        """A fork of the stored state for exactly these tokens, from memory or disk."""
+        key = self._key(tokens)
+        state = self._states.get(key)
+        if state is None:
+            path = self.directory / f"{key}.safetensors"
+            if not path.exists():
+                return None
+            try:
+                state = load_state(path, self.fingerprint)
+            except StateFileError as error:
+                log.warning("prefix state refused", reason=str(error))
+                return None
+            if state.tokens + state.pending != list(tokens):
+                log.warning("prefix state refused", reason=f"{path}: holds other tokens")
+                return None
+            self._states[key] = state
+        return state.fork()
+
+    def put(self, tokens: Sequence[int], state: State) -> None:
+        key = self._key(tokens)
+        self._states[key] = state.fork()
+        save_state(state, self.directory / f"{key}.safetensors")
+
+
+class SessionStore:
+    """Conversation states by session id, at most ``budget_bytes`` of them in memory."""
+
+    def __init__(self, directory: Path, fingerprint: str, budget_bytes: int) -> None:
+        self.directory = directory / "sessions"
+        self.fingerprint = fingerprint
+        self.budget_bytes = budget_bytes
+        self._states: OrderedDict[str, State] = OrderedDict()
+        self.used_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def _path(self, session: str) -> Path:
+        return self.directory / f"{_file_key(session)}.safetensors"
+
+    def get(self, session: str) -> State | None:
+        """The session's state (the store keeps its own copy), from memory or disk."""
+        state = self._states.get(session)
+        if state is not None:
+            self._states.move_to_end(session)
+            return state.fork()
+        path = self._path(session)
+        if not path.exists():
+            return None
+        try:
+            if read_metadata(path).get("session") != session:
+                raise StateFileError(f"{path}: belongs to another session")
+            state = load_state(path, self.fingerprint)
+        except StateFileError as error:
+            log.warning("session state refused", session=session, reason=str(error))
+            return None
+        self.put(session, state)
+        return state.fork()
+
+    def put(self, session: str, state: State) -> None:
+        """Keep ``state`` as the session's latest; spill the least recently used past the budget."""
+        self.drop(session, forget=False)
+        self._states[session] = state.fork()
+        self.used_bytes += state.nbytes
+        while self.used_bytes > self.budget_bytes and self._states:
+            oldest, evicted = self._states.popitem(last=False)
+            self.used_bytes -= evicted.nbytes
+            save_state(evicted, self._path(oldest), {"session": oldest})
+            log.debug("session spilled to disk", session=oldest, bytes=evicted.nbytes)
+
+    def drop(self, session: str, forget: bool = True) -> bool:
+        """Remove a session from memory (and from disk when ``forget``); True if it existed."""
+        state = self._states.pop(session, None)
+        if state is not None:
+            self.used_bytes -= state.nbytes
+        path = self._path(session)
+        existed = state is not None or path.exists()
+        if forget:
+            path.unlink(missing_ok=True)
+        return existed
+
+    def save_all(self) -> int:
+        """Save every session in memory (at stop); the number saved."""
+        for session, state in self._states.items():
+            save_state(state, self._path(session), {"session": session})
+        return len(self._states)

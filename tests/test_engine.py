@@ -1,0 +1,371 @@
+"""The stateful engine gives exactly the tokens that decoding from scratch gives, whatever
+path a state took: prefixes, forks, images, saves and restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime_genai as og
+import pytest
+
+from conftest import REPO, TINY, write_png
+
+from edged.engine.engine import ContextFullError, Engine, EngineError, GenerationOptions
+from edged.engine.persist import StateFileError, load_state, save_state
+from edged.engine.sampling import SamplingOptions
+from edged.engine.state import State
+from edged.engine.store import PrefixStore, SessionStore
+
+QUESTION = "Is there a person at the door?"
+
+
+@pytest.fixture(scope="module")
+def text_fp32() -> Engine:
+    return Engine(TINY / "text-fp32")
+
+
+@pytest.fixture(scope="module")
+def vl() -> Engine:
+    return Engine(TINY / "vl-fp32")
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rgb = (np.random.default_rng(3).random((64, 96, 3)) * 255).astype(np.uint8)
+    return write_png(tmp_path_factory.mktemp("img") / "door.png", rgb)
+
+
+@pytest.fixture(scope="module")
+def second_picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rgb = (np.random.default_rng(4).random((96, 64, 3)) * 255).astype(np.uint8)
+    return write_png(tmp_path_factory.mktemp("img") / "yard.png", rgb)
+
+
+def greedy(engine: Engine, state: State, n: int = 24) -> list[int]:
+    return engine.generate(state, GenerationOptions(max_tokens=n)).run().tokens
+
+
+def og_tokens(package: Path, ids: list[int], n: int) -> list[int]:
+    model = og.Model(str(package))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+def image_prompt(engine: Engine, question: str, images: int = 1) -> str:
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    return engine.chat_prompt([{"role": "user", "content": content}])
+
+
+def tensors(state: State) -> dict[str, np.ndarray]:
+    return {name: value.numpy().copy() for name, value in state.tensors.items()}
+
+
+# -- from scratch: the references -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["text-fp32", "text-int4"])
+def test_text_prompt_gives_og_generator_tokens(package: str) -> None:
+    engine = Engine(TINY / package)
+    ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
+    state = engine.new_state()
+    engine.extend(state, ids)
+    ours = engine.generate(state, GenerationOptions(max_tokens=40)).run()
+    theirs = og_tokens(TINY / package, ids, 40)
+    assert ours.tokens == theirs[: len(ours.tokens)]
+    assert ours.finish_reason == ("eos" if len(theirs) < 40 else "length")
+    assert len(set(ours.tokens)) > 5
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    """transformers on the tiny checkpoint the committed packages were built from."""
+    import torch
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    from edged.models.random_checkpoint import build_checkpoint
+
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return Qwen3_5ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+def test_image_prompt_gives_transformers_tokens_and_logits(vl: Engine, reference, picture: Path, second_picture: Path) -> None:
+    import torch
+
+    prompt = image_prompt(vl, "What do both show?", images=2)
+    processed = vl._image_processor()(prompt, [picture, second_picture])
+    state = vl.new_state()
+    first_logits = vl.extend_prompt(state, prompt, [picture, second_picture]).copy()
+    assert state.tokens == processed.input_ids
+    generation = vl.generate(state, GenerationOptions(max_tokens=12)).run()
+
+    ids = torch.tensor([processed.input_ids + generation.tokens[:-1]])
+    image_tokens = (ids == vl.image_token_id).to(torch.int32)
+    with torch.no_grad():
+        logits = reference(
+            input_ids=ids, pixel_values=torch.from_numpy(processed.pixel_values),
+            image_grid_thw=torch.from_numpy(processed.image_grid_thw), mm_token_type_ids=image_tokens,
+        ).logits[0].numpy()
+    prompt_length = len(processed.input_ids)
+    np.testing.assert_allclose(first_logits, logits[prompt_length - 1], atol=1e-3, rtol=0)
+    assert generation.tokens == [int(t) for t in logits[prompt_length - 1:].argmax(-1)][: len(generation.tokens)]
+
+
+def test_image_positions_advance_by_the_image_extent_not_its_token_count(vl: Engine, picture: Path) -> None:
+    state = vl.new_state()
+    vl.extend_prompt(state, image_prompt(vl, "Hi"), [picture])
+    image_tokens = state.tokens.count(vl.image_token_id)
+    assert image_tokens == 6  # 64x96 pixels: 4x6 patches, merged 2x2
+    assert state.next_position == len(state.tokens) - image_tokens + 3  # advances by max(2, 3)
+
+
+# -- prefixes and forks ---------------------------------------------------------------------
+
+
+def test_prefix_state_plus_suffix_gives_the_whole_prompt_tokens(text_fp32: Engine) -> None:
+    system = text_fp32.encode("<|im_start|>system\nYou watch the front door of a house.<|im_end|>\n")
+    question = text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}]))
+    whole = text_fp32.new_state()
+    text_fp32.extend(whole, system + question)
+    prefix = text_fp32.new_state()
+    text_fp32.extend(prefix, system)
+    continued = prefix.fork()
+    text_fp32.extend(continued, question)
+    np.testing.assert_array_equal(continued.logits, whole.logits)
+    assert greedy(text_fp32, continued) == greedy(text_fp32, whole)
+
+
+def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(vl: Engine, picture: Path) -> None:
+    head = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+    questions = ["Is there a person?<|im_end|>\n<|im_start|>assistant\n",
+                 "How many cars are parked?<|im_end|>\n<|im_start|>assistant\n"]
+
+    def from_scratch(question: str) -> list[int]:
+        state = vl.new_state()
+        vl.extend_prompt(state, head + question, [picture])
+        return greedy(vl, state)
+
+    expected = [from_scratch(q) for q in questions]
+    encoded_before = vl.counters.images_encoded
+    image_state = vl.new_state()
+    vl.extend_prompt(image_state, head, [picture])
+    parent_tensors, parent_logits, parent_tokens = tensors(image_state), image_state.logits.copy(), list(image_state.tokens)
+    for order in ([0, 1], [1, 0]):
+        for index in order:
+            branch = image_state.fork()
+            vl.extend_prompt(branch, questions[index])
+            assert greedy(vl, branch) == expected[index]
+    assert vl.counters.images_encoded == encoded_before + 1  # one image encode served both
+    assert image_state.tokens == parent_tokens
+    np.testing.assert_array_equal(image_state.logits, parent_logits)
+    for name, value in tensors(image_state).items():
+        np.testing.assert_array_equal(value, parent_tensors[name])
+
+
+def test_follow_up_continues_the_answer_without_reencoding_the_image(vl: Engine, picture: Path) -> None:
+    first = image_prompt(vl, "Describe the scene.")
+    follow_up = "<|im_end|>\n<|im_start|>user\nAnd the door?<|im_end|>\n<|im_start|>assistant\n"
+    session = vl.new_state()
+    vl.extend_prompt(session, first, [picture])
+    answer = vl.generate(session, GenerationOptions(max_tokens=6)).run()
+    encoded = vl.counters.images_encoded
+    vl.extend_prompt(session, follow_up)
+    continued = greedy(vl, session, 8)
+    assert vl.counters.images_encoded == encoded
+
+    whole = vl.new_state()
+    processed = vl._image_processor()(first, [picture]).input_ids
+    vl.extend_prompt(whole, first, [picture])
+    vl.extend(whole, answer.tokens + vl.encode(follow_up))
+    assert whole.tokens == processed + answer.tokens + vl.encode(follow_up)
+    assert greedy(vl, whole, 8) == continued
+
+
+# -- limits, sampling, stops, cancellation, JSON ---------------------------------------------
+
+
+def test_extend_past_max_length_fails_clearly_and_runs_nothing() -> None:
+    engine = Engine(TINY / "text-int4", max_length=16)
+    state = engine.new_state()
+    engine.extend(state, list(range(10)))
+    before = (list(state.tokens), state.logits.copy())
+    with pytest.raises(ContextFullError, match="holds 10 tokens and this adds 7: more than max_length 16"):
+        engine.extend(state, list(range(7)))
+    assert state.tokens == before[0]
+    np.testing.assert_array_equal(state.logits, before[1])
+
+
+def test_text_package_refuses_images(text_fp32: Engine, picture: Path) -> None:
+    with pytest.raises(EngineError, match="text-only package"):
+        text_fp32.extend_prompt(text_fp32.new_state(), "<|image_pad|>", [picture])
+
+
+def test_seeded_sampling_repeats_and_differs_from_greedy(text_fp32: Engine) -> None:
+    ids = text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}]))
+    prefix = text_fp32.new_state()
+    text_fp32.extend(prefix, ids)
+    sampled = GenerationOptions(max_tokens=16, sampling=SamplingOptions(temperature=1.0, top_k=50, top_p=0.9, seed=7))
+    first = text_fp32.generate(prefix.fork(), sampled).run().tokens
+    second = text_fp32.generate(prefix.fork(), sampled).run().tokens
+    assert first == second
+    assert first != greedy(text_fp32, prefix.fork(), 16)
+
+
+def test_stop_strings_end_the_answer_before_them(text_fp32: Engine) -> None:
+    ids = text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}]))
+    state = text_fp32.new_state()
+    text_fp32.extend(state, ids)
+    full = text_fp32.generate(state.fork(), GenerationOptions(max_tokens=32)).run().text
+    stop = full[10:13]
+    streamed = []
+    generation = text_fp32.generate(state.fork(), GenerationOptions(max_tokens=32, stop=(stop,)))
+    for _, piece in generation:
+        streamed.append(piece)
+    assert generation.finish_reason == "stop"
+    assert generation.text == full[: full.index(stop)]
+    assert "".join(streamed) == generation.text
+
+
+def test_cancel_from_another_thread_stops_within_one_step(text_fp32: Engine) -> None:
+    ids = text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}]))
+    state = text_fp32.new_state()
+    text_fp32.extend(state, ids)
+    cancel, third_token, resume = threading.Event(), threading.Event(), threading.Event()
+    generation = text_fp32.generate(state, GenerationOptions(max_tokens=200), cancel)
+
+    def consume() -> None:  # the bus thread reading the stream, say
+        for count, _ in enumerate(generation, 1):
+            if count == 3:
+                third_token.set()
+                resume.wait()
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    assert third_token.wait(10)
+    cancel.set()  # while the third token's step is under way
+    resume.set()
+    worker.join(10)
+    assert generation.finish_reason == "cancelled"
+    assert len(generation.tokens) == 3
+
+
+def test_json_schema_output_always_parses_and_validates(vl: Engine, picture: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "maxLength": 12},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99},
+            "box": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 1000}, "minItems": 4, "maxItems": 4},
+        },
+        "required": ["label", "count", "box"],
+        "additionalProperties": False,
+    }
+    prompt_state = vl.new_state()
+    vl.extend_prompt(prompt_state, image_prompt(vl, "Detect objects as JSON."), [picture])
+    for seed in range(6):
+        options = GenerationOptions(max_tokens=80, json_schema=schema, sampling=SamplingOptions(temperature=1.0, seed=seed))
+        generation = vl.generate(prompt_state.fork(), options).run()
+        document = json.loads(generation.text)
+        assert set(document) == {"label", "count", "box"}
+        assert isinstance(document["label"], str) and len(document["label"]) <= 12
+        assert 0 <= document["count"] <= 99
+        assert len(document["box"]) == 4 and all(0 <= v <= 1000 for v in document["box"])
+
+
+# -- saving, restarting, storing ------------------------------------------------------------
+
+
+CONTINUE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from edged.engine.engine import Engine, GenerationOptions
+from edged.engine.persist import load_state
+engine = Engine(Path(sys.argv[1]))
+state = load_state(Path(sys.argv[2]), engine.fingerprint)
+engine.extend_prompt(state, sys.argv[3])
+print(json.dumps(engine.generate(state, GenerationOptions(max_tokens=12)).run().tokens))
+"""
+
+
+def test_saved_session_continues_in_a_new_process_as_if_never_interrupted(vl: Engine, picture: Path, tmp_path: Path) -> None:
+    follow_up = "<|im_end|>\n<|im_start|>user\nAnd now?<|im_end|>\n<|im_start|>assistant\n"
+    session = vl.new_state()
+    vl.extend_prompt(session, image_prompt(vl, "What is there?"), [picture])
+    vl.generate(session, GenerationOptions(max_tokens=5)).run()
+    path = tmp_path / "session.safetensors"
+    save_state(session, path)
+
+    uninterrupted = session.fork()
+    vl.extend_prompt(uninterrupted, follow_up)
+    expected = greedy(vl, uninterrupted, 12)
+    result = subprocess.run([sys.executable, "-c", CONTINUE_SCRIPT, str(TINY / "vl-fp32"), str(path), follow_up],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
+
+
+def test_state_file_of_another_model_is_refused(vl: Engine, tmp_path: Path) -> None:
+    state = vl.new_state()
+    vl.extend(state, vl.encode("Hello"))
+    path = tmp_path / "state.safetensors"
+    save_state(state, path)
+    other = Engine(TINY / "vl-int4")
+    with pytest.raises(StateFileError, match="saved by another model"):
+        load_state(path, other.fingerprint)
+
+
+def test_torn_or_damaged_state_files_are_refused(vl: Engine, tmp_path: Path) -> None:
+    state = vl.new_state()
+    vl.extend(state, vl.encode("Hello there"))
+    path = tmp_path / "state.safetensors"
+    size = save_state(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: size // 2])
+    with pytest.raises(StateFileError, match="not a readable state file"):
+        load_state(path, vl.fingerprint)
+    damaged = bytearray(data)
+    damaged[-10] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(StateFileError, match="damaged"):
+        load_state(path, vl.fingerprint)
+
+
+def test_session_store_never_exceeds_its_budget_and_spills_to_disk(text_fp32: Engine, tmp_path: Path) -> None:
+    states = {}
+    for n in range(6):
+        state = text_fp32.new_state()
+        text_fp32.extend(state, text_fp32.encode(f"Session number {n} " * (n + 1)))
+        states[f"s{n}"] = state
+    budget = states["s5"].nbytes * 2
+    store = SessionStore(tmp_path, text_fp32.fingerprint, budget)
+    for session, state in states.items():
+        store.put(session, state)
+        assert store.used_bytes <= budget
+    assert len(store) < len(states)
+    for session, state in states.items():  # spilled ones come back from disk, intact
+        restored = store.get(session)
+        assert restored.tokens == state.tokens
+        np.testing.assert_array_equal(restored.logits, state.logits)
+        assert store.used_bytes <= budget
+    assert store.drop("s0") and store.get("s0") is None
+
+
+def test_prefix_store_survives_a_restart(text_fp32: Engine, tmp_path: Path) -> None:
+    system = text_fp32.encode("<|im_start|>system\nWatch the door.<|im_end|>\n")
+    state = text_fp32.new_state()
+    text_fp32.extend(state, system)
+    PrefixStore(tmp_path, text_fp32.fingerprint).put(system, state)
+    restored = PrefixStore(tmp_path, text_fp32.fingerprint).get(system)
+    assert restored is not None and restored.tokens == system
+    assert PrefixStore(tmp_path, text_fp32.fingerprint).get(system[:-1]) is None
