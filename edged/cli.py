@@ -45,7 +45,8 @@ examples:
   edged run -c ./edged.toml --log-level debug
   edged config check /etc/edged/edged.toml    validate without starting anything
   edged config show --set model.threads=2     the effective config, with each value's source
-  edged models list                           installed model packages and what 'auto' picks"""
+  edged models list                           installed model packages and what 'auto' picks
+  edged generate --image door.png "Anyone there?"   try the model on a picture"""
 
 
 def _config_options() -> argparse.ArgumentParser:
@@ -109,9 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=lambda args: _usage(config))
 
+    from edged.bench.commands import add_commands as add_bench_commands
+    from edged.engine.commands import add_commands as add_engine_commands
     from edged.models.commands import add_commands as add_model_commands
 
+    add_engine_commands(commands, config_options)
     add_model_commands(commands, config_options)
+    add_bench_commands(commands, config_options)
     parser.set_defaults(handler=lambda args: _usage(parser))
     return parser
 
