@@ -34,6 +34,12 @@ def vl() -> Engine:
     return Engine(TINY / "vl-fp32")
 
 
+@pytest.fixture(scope="module", params=["vl-fp32", "vl-int4"])
+def any_vl(request: pytest.FixtureRequest) -> Engine:
+    """Each multimodal tiny package: state handling must be exact at every precision."""
+    return Engine(TINY / request.param)
+
+
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rgb = (np.random.default_rng(3).random((64, 96, 3)) * 255).astype(np.uint8)
@@ -146,50 +152,50 @@ def test_prefix_state_plus_suffix_gives_the_whole_prompt_tokens(text_fp32: Engin
     assert greedy(text_fp32, continued) == greedy(text_fp32, whole)
 
 
-def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(vl: Engine, picture: Path) -> None:
+def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(any_vl: Engine, picture: Path) -> None:
     head = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
     questions = ["Is there a person?<|im_end|>\n<|im_start|>assistant\n",
                  "How many cars are parked?<|im_end|>\n<|im_start|>assistant\n"]
 
     def from_scratch(question: str) -> list[int]:
-        state = vl.new_state()
-        vl.extend_prompt(state, head + question, [picture])
-        return greedy(vl, state)
+        state = any_vl.new_state()
+        any_vl.extend_prompt(state, head + question, [picture])
+        return greedy(any_vl, state)
 
     expected = [from_scratch(q) for q in questions]
-    encoded_before = vl.counters.images_encoded
-    image_state = vl.new_state()
-    vl.extend_prompt(image_state, head, [picture])
+    encoded_before = any_vl.counters.images_encoded
+    image_state = any_vl.new_state()
+    any_vl.extend_prompt(image_state, head, [picture])
     parent_tensors, parent_logits, parent_tokens = tensors(image_state), image_state.logits.copy(), list(image_state.tokens)
     for order in ([0, 1], [1, 0]):
         for index in order:
             branch = image_state.fork()
-            vl.extend_prompt(branch, questions[index])
-            assert greedy(vl, branch) == expected[index]
-    assert vl.counters.images_encoded == encoded_before + 1  # one image encode served both
+            any_vl.extend_prompt(branch, questions[index])
+            assert greedy(any_vl, branch) == expected[index]
+    assert any_vl.counters.images_encoded == encoded_before + 1  # one image encode served both
     assert image_state.tokens == parent_tokens
     np.testing.assert_array_equal(image_state.logits, parent_logits)
     for name, value in tensors(image_state).items():
         np.testing.assert_array_equal(value, parent_tensors[name])
 
 
-def test_follow_up_continues_the_answer_without_reencoding_the_image(vl: Engine, picture: Path) -> None:
-    first = image_prompt(vl, "Describe the scene.")
+def test_follow_up_continues_the_answer_without_reencoding_the_image(any_vl: Engine, picture: Path) -> None:
+    first = image_prompt(any_vl, "Describe the scene.")
     follow_up = "<|im_end|>\n<|im_start|>user\nAnd the door?<|im_end|>\n<|im_start|>assistant\n"
-    session = vl.new_state()
-    vl.extend_prompt(session, first, [picture])
-    answer = vl.generate(session, GenerationOptions(max_tokens=6)).run()
-    encoded = vl.counters.images_encoded
-    vl.extend_prompt(session, follow_up)
-    continued = greedy(vl, session, 8)
-    assert vl.counters.images_encoded == encoded
+    session = any_vl.new_state()
+    any_vl.extend_prompt(session, first, [picture])
+    answer = any_vl.generate(session, GenerationOptions(max_tokens=6)).run()
+    encoded = any_vl.counters.images_encoded
+    any_vl.extend_prompt(session, follow_up)
+    continued = greedy(any_vl, session, 8)
+    assert any_vl.counters.images_encoded == encoded
 
-    whole = vl.new_state()
-    processed = vl._image_processor()(first, [picture]).input_ids
-    vl.extend_prompt(whole, first, [picture])
-    vl.extend(whole, answer.tokens + vl.encode(follow_up))
-    assert whole.tokens == processed + answer.tokens + vl.encode(follow_up)
-    assert greedy(vl, whole, 8) == continued
+    whole = any_vl.new_state()
+    processed = any_vl._image_processor()(first, [picture]).input_ids
+    any_vl.extend_prompt(whole, first, [picture])
+    any_vl.extend(whole, answer.tokens + any_vl.encode(follow_up))
+    assert whole.tokens == processed + answer.tokens + any_vl.encode(follow_up)
+    assert greedy(any_vl, whole, 8) == continued
 
 
 # -- limits, sampling, stops, cancellation, JSON ---------------------------------------------

@@ -3,9 +3,10 @@ kept and saved.
 
 A Gated DeltaNet layer's state (a short convolution window and a recurrent matrix) has a
 fixed size whatever it has read; only the full-attention layers keep a KV cache that grows
-by one entry per token. Tensors are onnxruntime OrtValues that the decoder reads and never
-writes (each run allocates new outputs), so a fork can share them with its parent: forking
-copies nothing, and each branch replaces only what it runs.
+by one entry per token. Tensors are onnxruntime OrtValues. A fork shares them with its
+parent, copy-on-write: forking copies nothing, a shared tensor is never written, and a run
+on a shared state allocates new outputs; a state that owns its DeltaNet tensors has them
+updated in place while it decodes.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class State:
     """Decoder state by input name (past.{i}.conv, past.{i}.recurrent, past_key_values.{i}.*)."""
     logits: np.ndarray | None = field(default=None, repr=False)
     """Next-token logits after ``tokens``; None when nothing has run or tokens are pending."""
+    owned: set[str] = field(default_factory=set, repr=False)
+    """Tensors no other state shares: the decoder may update these in place."""
 
     def fork(self) -> State:
         """An independent copy; neither this state nor the fork sees the other's extensions."""
-        return replace(self, tokens=list(self.tokens), pending=list(self.pending), tensors=dict(self.tensors))
+        self.owned = set()  # shared from now on: the next run of either allocates anew
+        return replace(self, tokens=list(self.tokens), pending=list(self.pending), tensors=dict(self.tensors), owned=set())
 
     @property
     def length(self) -> int:

@@ -1,0 +1,19 @@
+"""The engine benchmark runs (CI smoke test on the tiny model; no figure is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TINY, edged
+
+
+def test_bench_engine_runs_and_reports_every_figure() -> None:
+    result = edged("bench", "engine", "--model", str(TINY / "vl-int4"), "--repeats", "1", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("decode_ratio", "prefill_ratio", "fanout_ratio", "fanout_bound", "fanout_self_ratio",
+                "prefix_ttft_ratio", "peak_rss_mb", "session_bytes"):
+        assert report[key] > 0, key
+    table = edged("bench", "engine", "--model", str(TINY / "text-int4"), "--repeats", "1", timeout=300)
+    assert table.returncode == 0, table.stderr
+    assert "decode tok/s" in table.stdout
