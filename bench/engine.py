@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.images import write_png
+
 RULES = [
     "Is a person standing at the door?", "Is a car parked in the driveway?", "Is there a package on the step?",
     "Is the gate open?", "Is a dog in the yard?", "Is it raining?", "Is a light on in the window?",
@@ -240,22 +242,8 @@ def _picture() -> Path:
     path = Path(tempfile.gettempdir()) / "edged-bench-448.png"
     if not path.exists():
         rng = np.random.default_rng(0)
-        _write_png(path, (rng.random((448, 448, 3)) * 255).astype(np.uint8))
+        write_png(path, (rng.random((448, 448, 3)) * 255).astype(np.uint8))
     return path
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import struct
-    import zlib
-
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 _PEAK_SCRIPT = """

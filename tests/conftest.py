@@ -150,20 +150,4 @@ def needs_root() -> None:
         pytest.skip("needs root (CI runs it as root)")
 
 
-def write_png(path: Path, rgb) -> Path:
-    """An RGB uint8 array (H x W x 3) as a PNG file, without an imaging library."""
-    import struct
-    import zlib
-
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    return path
-
-
 TINY = REPO / "models" / "tiny"

@@ -13,7 +13,9 @@ import numpy as np
 import onnxruntime_genai as og
 import pytest
 
-from conftest import REPO, TINY, write_png
+from conftest import REPO, TINY
+
+from edged.images import write_png
 
 from edged.engine.engine import ContextFullError, Engine, EngineError, GenerationOptions
 from edged.engine.persist import StateFileError, load_state, save_state
@@ -375,3 +377,23 @@ def test_prefix_store_survives_a_restart(text_fp32: Engine, tmp_path: Path) -> N
     restored = PrefixStore(tmp_path, text_fp32.fingerprint).get(system)
     assert restored is not None and restored.tokens == system
     assert PrefixStore(tmp_path, text_fp32.fingerprint).get(system[:-1]) is None
+
+
+def test_a_camera_frame_array_reads_as_the_same_picture_file(vl: Engine, tmp_path: Path) -> None:
+    frame = (np.random.default_rng(9).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = write_png(tmp_path / "frame.png", frame)
+    prompt = image_prompt(vl, "What is there?")
+    from_file, from_array = vl.new_state(), vl.new_state()
+    vl.extend_prompt(from_file, prompt, [path])
+    vl.extend_prompt(from_array, prompt, [frame])
+    np.testing.assert_array_equal(from_array.logits, from_file.logits)
+
+
+def test_repetition_penalty_discourages_tokens_already_said(text_fp32: Engine) -> None:
+    state = text_fp32.new_state()
+    text_fp32.extend(state, text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}])))
+    plain = text_fp32.generate(state.fork(), GenerationOptions(max_tokens=32)).run().tokens
+    penalised = text_fp32.generate(state.fork(), GenerationOptions(
+        max_tokens=32, sampling=SamplingOptions(repetition_penalty=3.0))).run().tokens
+    repeats = lambda tokens: len(tokens) - len(set(tokens))  # noqa: E731
+    assert repeats(penalised) < repeats(plain)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import TINY, edged, write_png
+from conftest import TINY, edged
+
+from edged.images import write_png
 
 from edged.engine.engine import Engine, GenerationOptions
 

@@ -13,7 +13,9 @@ import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
 
-from conftest import TINY, write_png
+from conftest import TINY
+
+from edged.images import write_png
 
 import torch  # the build extra: CI installs it, and these tests must not skip
 

@@ -24,9 +24,11 @@ from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.processor import ImageProcessor
 from edged.engine.sampling import SamplingOptions, TokenSampler
 from edged.engine.state import State
+from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
 
-Image = bytes | str | Path
+Image = bytes | str | Path | np.ndarray
+"""An encoded picture (PNG, JPEG), a path to one, or an H x W x 3 uint8 RGB frame."""
 FinishReason = Literal["eos", "length", "stop", "cancelled"]
 
 
@@ -121,7 +123,8 @@ class Engine:
             return self.extend(state, self.encode(text))
         if not self.multimodal or self._vision_file is None:
             raise EngineError(f"{self.manifest.name} is a text-only package: it cannot read images")
-        prompt = self._image_processor()(text, list(images))
+        encoded = [encode_png(image) if isinstance(image, np.ndarray) else image for image in images]
+        prompt = self._image_processor()(text, encoded)
         ids = [*state.pending, *prompt.input_ids]
         self._check_room(state, len(prompt.input_ids))
         features = self._encode_images(prompt.pixel_values, prompt.image_grid_thw)
@@ -263,7 +266,8 @@ class Generation:
                 self.finish_reason = "cancelled"
                 break
             allowed = grammar.allowed() if grammar else None
-            token = sampler.pick(state.logits, [*state.tokens, *state.pending], allowed)  # type: ignore[arg-type]
+            context = [*state.tokens, *state.pending] if options.sampling.repetition_penalty != 1.0 else ()
+            token = sampler.pick(state.logits, context, allowed)  # type: ignore[arg-type]
             self.tokens.append(token)
             state.pending.append(token)
             engine.counters.tokens_generated += 1
