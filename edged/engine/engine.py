@@ -55,7 +55,8 @@ class EngineCounters:
     """What the engine has done since it started, for status and for tests."""
 
     images_encoded: int = 0
-    tokens_prefilled: int = 0
+    tokens_run: int = 0
+    """Tokens through the decoder: prompts, and each generated token as it is read back."""
     tokens_generated: int = 0
     decoder_runs: int = 0
 
@@ -231,7 +232,7 @@ class Engine:
         state.tokens.extend(ids)
         state.pending = []
         self.counters.decoder_runs += 1
-        self.counters.tokens_prefilled += len(ids)
+        self.counters.tokens_run += len(ids)
 
 
 def _past_name(present: str) -> str:
