@@ -111,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=lambda args: _usage(config))
 
     from edged.bench.commands import add_commands as add_bench_commands
+    from edged.bus.commands import add_commands as add_bus_commands
     from edged.engine.commands import add_commands as add_engine_commands
     from edged.models.commands import add_commands as add_model_commands
 
     add_engine_commands(commands, config_options)
     add_model_commands(commands, config_options)
+    add_bus_commands(commands, config_options)
     add_bench_commands(commands, config_options)
     parser.set_defaults(handler=lambda args: _usage(parser))
     return parser

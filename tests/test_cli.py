@@ -78,10 +78,14 @@ def test_docs_document_every_key_with_its_default() -> None:
         section = docs.split(heading, 1)[1].split("\n## ", 1)[0]
         for key, field in model.model_fields.items():
             default = field.default
-            if default is PydanticUndefined:
+            if field.default_factory is not None and key in ("device",):
+                shown = "(the host name)"
+            elif default is PydanticUndefined:
                 shown = "(required)"
             elif isinstance(default, bool):
                 shown = f"`{str(default).lower()}`"
+            elif default is None:
+                shown = "(unset)"
             elif isinstance(default, (str, Path)):
                 shown = f'`"{default}"`'
             else:

@@ -131,6 +131,7 @@ def check(path: Path, env: dict[str, str] | None = None):
         ("[cameras.Front]\nsource = 'synthetic'\n", "cameras.Front: camera names are 1 to 32 lower-case letters"),
         ("[cameras.front]\nsource = 'synthetic'\nenabled = 'sometimes'\n", "cameras.front.enabled: must be a valid boolean"),
         ("model = 3\n", "model: must be a valid dictionary or instance of ModelConfig, got 3"),
+        ("[bus]\ncontrol = 'tcp://0.0.0.0:5555'\n", "bus: a tcp:// endpoint needs CURVE: set curve_secret_key"),
     ],
 )
 def test_each_invalid_value_is_one_line_naming_file_key_value_and_reason(tmp_path: Path, toml: str, expected: str) -> None:

@@ -269,6 +269,8 @@ def _reason(error: Mapping[str, Any], loc: KeyPath) -> str:
         return "unknown key" + _suggest(str(loc[-1]), known)
     message = error["msg"].removeprefix("Value error, ")
     message = re.sub(r"^(Input|String|List|Value|Dictionary|Tuple|Set|Object) should ", "must ", message)
+    if isinstance(error.get("input"), dict):
+        return message  # a whole table is at fault: its own lines say what it holds
     return f"{message}, got {_show(error.get('input'))}"
 
 
@@ -282,8 +284,6 @@ def _suggest(word: str, known: Sequence[str]) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):

@@ -1,0 +1,158 @@
+"""``edged schema``, ``watch``, ``ask``, ``status`` and ``keys``: the bus from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _client_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection (defaults from the config's [bus] table)")
+    group.add_argument("--endpoint", metavar="URL", help="the daemon's socket (default: [bus] control, or events for watch)")
+    group.add_argument("--server-key", type=Path, metavar="FILE", help="with CURVE: the daemon's public key (NAME.key)")
+    group.add_argument("--key", type=Path, metavar="FILE", help="with CURVE: this client's secret key (NAME.key_secret)")
+    group.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)")
+    return options
+
+
+def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None:
+    client = _client_options()
+    schema = commands.add_parser("schema", help="print the JSON Schema of every bus event, request and reply",
+                                 description="Print the JSON Schema of the event envelope, every event kind, every "
+                                 "request and the reply (see docs/bus.md).")
+    schema.set_defaults(handler=_schema)
+
+    watch = commands.add_parser(
+        "watch", parents=[config_options, client], formatter_class=RAW, help="print events as they arrive",
+        description="Print the daemon's events as they arrive, and any gap in their sequence numbers.",
+        epilog="examples:\n  edged watch                      everything\n"
+        "  edged watch edged.rule.front     one camera's rule events\n  edged watch --json | jq .data",
+    )
+    watch.add_argument("topics", nargs="*", metavar="TOPIC", help="topic prefixes (default: all)")
+    watch.add_argument("--json", action="store_true", dest="as_json", help="one JSON envelope per line")
+    watch.add_argument("--count", type=int, help="stop after this many events")
+    watch.set_defaults(handler=_watch)
+
+    ask = commands.add_parser("ask", parents=[config_options, client], help="ask the daemon a question, streamed",
+                              description="Ask about a camera's newest frame; the answer streams as it is generated.")
+    ask.add_argument("question")
+    ask.add_argument("--camera", help="whose newest frame (default: the daemon's first camera)")
+    ask.add_argument("--session", help="continue this conversation (the image is not read again)")
+    ask.set_defaults(handler=_ask)
+
+    status = commands.add_parser("status", parents=[config_options, client], help="the running daemon's status",
+                                 description="Everything an operator needs: cameras, model, queue, speed, drops.")
+    status.add_argument("--json", action="store_true", dest="as_json")
+    status.set_defaults(handler=_status)
+
+    keys = commands.add_parser("keys", help="CURVE keys for the bus")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", title="commands")
+    keys.set_defaults(handler=lambda args: (keys.print_help(sys.stderr), 2)[1])
+    generate = keys_commands.add_parser(
+        "generate", formatter_class=RAW, help="write a CURVE keypair",
+        description="Write NAME.key (public: give it out) and NAME.key_secret (mode 0600: keep it) into DIR.",
+        epilog="examples:\n  edged keys generate /etc/edged/keys --name server\n"
+        "  edged keys generate ./keys --name camera-app   # then copy camera-app.key into [bus] curve_allow",
+    )
+    generate.add_argument("directory", type=Path, metavar="DIR")
+    generate.add_argument("--name", default="edged", help="file name stem (default: edged)")
+    generate.set_defaults(handler=_keys_generate)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from edged.bus.schema import all_schemas
+
+    print(json.dumps(all_schemas(), indent=2))
+    return 0
+
+
+def _bus_config(args: argparse.Namespace):
+    from edged.cli import config_overrides
+    from edged.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, config_overrides(args)).settings.bus
+    except ConfigError as error:
+        print(*error.problems, sep="\n", file=sys.stderr)
+        return None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from edged.client import Subscriber
+
+    bus = _bus_config(args)
+    if bus is None:
+        return 78
+    endpoint = args.endpoint or bus.events
+    count = 0
+    with Subscriber(endpoint, args.topics or ["edged."], args.server_key, args.key) as events:
+        try:
+            for received in events:
+                if received.missed:
+                    print(f"# missed {received.missed} event(s) on {received.topic}", file=sys.stderr)
+                event = received.event
+                if args.as_json:
+                    print(event.model_dump_json(), flush=True)
+                else:
+                    data = json.dumps(event.data.model_dump(mode="json", exclude_defaults=True), separators=(", ", ": "))
+                    print(f"{received.topic} #{event.seq} {data}", flush=True)
+                count += 1
+                if args.count is not None and count >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from edged.client import BusError, Client
+
+    bus = _bus_config(args)
+    if bus is None:
+        return 78
+    try:
+        with Client(args.endpoint or bus.control, args.timeout, args.server_key, args.key) as client:
+            for piece in client.ask(args.question, camera=args.camera, session=args.session):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except (BusError, TimeoutError) as error:
+        print(f"\nedged ask: {error}", file=sys.stderr)
+        return 1
+    print()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edged.client import Client
+
+    bus = _bus_config(args)
+    if bus is None:
+        return 78
+    try:
+        with Client(args.endpoint or bus.control, args.timeout, args.server_key, args.key) as client:
+            status = client.status()
+    except TimeoutError as error:
+        print(f"edged status: {error}", file=sys.stderr)
+        return 1
+    if args.as_json:
+        print(status.model_dump_json(indent=2))
+        return 0
+    print(f"{status.detail or 'running'}; up {status.uptime_s:.0f} s; model {status.model or '-'}")
+    print(f"queue {status.queue_depth}, busy refusals {status.requests_busy}, drops {status.drops}")
+    for name, camera in status.cameras.items():
+        print(f"camera {name}: {camera.state}" + (f" ({camera.last_error})" if camera.last_error else ""))
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from edged.bus.security import generate_keys
+
+    public, secret = generate_keys(args.directory, args.name)
+    print(f"public key: {public}\nsecret key: {secret} (mode 0600; keep it on this machine)")
+    return 0

@@ -1,0 +1,231 @@
+"""The bus contract: every event, request and reply as a pydantic model.
+
+``edged schema`` prints their JSON Schema; docs/bus.md explains them. Version 1. A
+compatible change only adds optional fields; anything else bumps ``v``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Provenance(_Model):
+    """Where an event comes from: which frame, which model, which prompt or rule version."""
+
+    frame_seq: int | None = Field(None, description="the camera's frame sequence number")
+    frame_ts: float | None = Field(None, description="when the frame was captured, Unix seconds")
+    frame_hash: str | None = Field(None, description="content hash of the frame")
+    model: str | None = Field(None, description="fingerprint of the model package")
+    prompt_version: str | None = Field(None, description="version of the prompt or rule used")
+
+
+# -- events (PUB) ------------------------------------------------------------------------
+
+
+class DetectedObject(_Model):
+    label: str
+    count: int = Field(1, ge=0)
+    box: list[int] | None = Field(None, min_length=4, max_length=4, description="[x1, y1, x2, y2] in frame pixels")
+
+
+class Detection(_Model):
+    objects: list[DetectedObject]
+    provenance: Provenance = Field(default_factory=Provenance)
+
+
+class RuleEvent(_Model):
+    rule: Name = Field(description="the rule's id")
+    version: str = Field(description="the rule's version: changes when its text or thresholds change")
+    phase: Literal["begin", "end"]
+    probability: float = Field(ge=0, le=1, description="P(yes) at this evaluation")
+    provenance: Provenance = Field(default_factory=Provenance)
+
+
+class Description(_Model):
+    text: str
+    provenance: Provenance = Field(default_factory=Provenance)
+
+
+class Answer(_Model):
+    request_id: str
+    session: str | None = None
+    text: str
+    partial: bool = False
+    provenance: Provenance = Field(default_factory=Provenance)
+
+
+class CameraStatus(_Model):
+    state: Literal["online", "reconnecting", "offline", "ended"]
+    last_error: str | None = None
+    fps: float = 0.0
+    drops: int = 0
+
+
+class Status(_Model):
+    uptime_s: float
+    model: str | None = Field(None, description="the model package in use")
+    cameras: dict[str, CameraStatus] = Field(default_factory=dict)
+    queue_depth: int = 0
+    requests_busy: int = Field(0, description="requests refused as busy since start")
+    tokens_per_s: float | None = None
+    ttft_ms: float | None = Field(None, description="time to first token, last answer")
+    frame_to_event_ms: float | None = None
+    drops: int = 0
+    detail: str = Field("", description="the daemon's status line, as systemd shows it")
+
+
+class ErrorEvent(_Model):
+    code: str
+    message: str
+
+
+EVENT_DATA: dict[str, type[_Model]] = {
+    "detection": Detection, "rule": RuleEvent, "description": Description, "answer": Answer,
+    "status": Status, "error": ErrorEvent,
+}
+
+
+class _Envelope(_Model):
+    v: Literal[1] = PROTOCOL_VERSION
+    seq: int = Field(ge=0, description="counts up by one per topic; a jump means missed events")
+    ts: float = Field(description="when the event was published, Unix seconds")
+    device: str
+    camera: str | None = None
+
+
+class DetectionEvent(_Envelope):
+    kind: Literal["detection"] = "detection"
+    data: Detection
+
+
+class RuleEventEnvelope(_Envelope):
+    kind: Literal["rule"] = "rule"
+    data: RuleEvent
+
+
+class DescriptionEvent(_Envelope):
+    kind: Literal["description"] = "description"
+    data: Description
+
+
+class AnswerEvent(_Envelope):
+    kind: Literal["answer"] = "answer"
+    data: Answer
+
+
+class StatusEvent(_Envelope):
+    kind: Literal["status"] = "status"
+    data: Status
+
+
+class ErrorEventEnvelope(_Envelope):
+    kind: Literal["error"] = "error"
+    data: ErrorEvent
+
+
+Event = Annotated[
+    DetectionEvent | RuleEventEnvelope | DescriptionEvent | AnswerEvent | StatusEvent | ErrorEventEnvelope,
+    Field(discriminator="kind"),
+]
+EVENT = TypeAdapter(Event)
+
+
+def topic(kind: str, camera: str | None) -> str:
+    """``edged.<kind>.<camera>``, or ``edged.<kind>`` for device-wide events like status."""
+    return f"edged.{kind}.{camera}" if camera else f"edged.{kind}"
+
+
+# -- requests and replies (ROUTER) ---------------------------------------------------------
+
+
+class _Request(_Model):
+    v: Literal[1] = PROTOCOL_VERSION
+    id: str = Field(min_length=1, max_length=128, description="chosen by the client; replies carry it")
+
+
+class RuleSpec(_Model):
+    id: Name
+    when: str = Field(min_length=1, max_length=500, description="a yes/no condition in plain words")
+
+
+class AskRequest(_Request):
+    op: Literal["ask"] = "ask"
+    question: str = Field(min_length=1, max_length=4000)
+    camera: Name | None = Field(None, description="whose newest frame to ask about")
+    session: str | None = Field(None, max_length=128, description="continue this conversation")
+    max_tokens: int = Field(256, ge=1, le=4096)
+
+
+class DescribeRequest(_Request):
+    op: Literal["describe"] = "describe"
+    camera: Name
+
+
+class DetectRequest(_Request):
+    op: Literal["detect"] = "detect"
+    camera: Name
+    labels: list[str] | None = Field(None, description="only these kinds of object")
+
+
+class RulesListRequest(_Request):
+    op: Literal["rules.list"] = "rules.list"
+    camera: Name | None = None
+
+
+class RulesSetRequest(_Request):
+    op: Literal["rules.set"] = "rules.set"
+    camera: Name
+    rules: list[RuleSpec]
+
+
+class SessionsDropRequest(_Request):
+    op: Literal["sessions.drop"] = "sessions.drop"
+    session: str = Field(min_length=1, max_length=128)
+
+
+class StatusRequest(_Request):
+    op: Literal["status"] = "status"
+
+
+Request = Annotated[
+    AskRequest | DescribeRequest | DetectRequest | RulesListRequest | RulesSetRequest | SessionsDropRequest | StatusRequest,
+    Field(discriminator="op"),
+]
+REQUEST = TypeAdapter(Request)
+OPS = ("ask", "describe", "detect", "rules.list", "rules.set", "sessions.drop", "status")
+
+ErrorCode = Literal["bad_request", "unknown_op", "too_large", "busy", "deadline", "not_found", "unavailable", "internal"]
+
+
+class ErrorInfo(_Model):
+    code: ErrorCode
+    message: str
+
+
+class Reply(_Model):
+    v: Literal[1] = PROTOCOL_VERSION
+    id: str | None = Field(description="the request's id; null when the request had none readable")
+    ok: bool
+    partial: bool = Field(False, description="more replies follow for this id")
+    data: Any = None
+    error: ErrorInfo | None = None
+
+
+def all_schemas() -> dict[str, Any]:
+    """JSON Schema of the envelope, every event kind, every request and the reply."""
+    return {
+        "version": PROTOCOL_VERSION,
+        "event": EVENT.json_schema(),
+        "events": {kind: model.model_json_schema() for kind, model in EVENT_DATA.items()},
+        "request": REQUEST.json_schema(),
+        "reply": Reply.model_json_schema(),
+    }

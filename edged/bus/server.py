@@ -1,0 +1,310 @@
+"""The bus thread: it alone owns the ZeroMQ sockets (they are not thread-safe).
+
+It publishes events on a PUB socket (topic ``edged.<kind>.<camera>``, JSON envelope) and
+serves requests on a ROUTER socket. Other threads hand it events and replies through a
+queue and a wake-up pipe. Every request gets a reply: malformed, oversized, unknown or
+mistyped ones an error with a code, so no input can stop the server. Requests in progress
+are bounded (past the limit: ``busy``) and each has a deadline (past it: ``deadline``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import zmq
+from pydantic import BaseModel, ValidationError
+
+from edged.bus.config import BusConfig
+from edged.bus.schema import EVENT_DATA, OPS, REQUEST, ErrorInfo, Reply, Request, Status, StatusRequest, topic
+from edged.bus.security import curve_server
+
+log = structlog.get_logger()
+
+
+class Responder:
+    """How a handler answers one request, from any thread; later calls after the final one,
+    or after the deadline, are dropped."""
+
+    def __init__(self, server: BusServer, key: tuple[bytes, str]) -> None:
+        self._server, self._key = server, key
+
+    def partial(self, data: Any) -> None:
+        self._server._post(("reply", self._key, True, True, _plain(data), None))
+
+    def final(self, data: Any = None) -> None:
+        self._server._post(("reply", self._key, False, True, _plain(data), None))
+
+    def error(self, code: str, message: str) -> None:
+        self._server._post(("reply", self._key, False, False, None, ErrorInfo(code=code, message=message)))
+
+
+class RequestHandler(Protocol):
+    """The agent's side of the bus: it must return quickly and answer through ``respond``."""
+
+    def handle(self, request: Request, respond: Responder) -> None: ...
+
+
+class Unavailable:
+    """Answers every model-backed op with ``unavailable`` (no agent is running)."""
+
+    def handle(self, request: Request, respond: Responder) -> None:
+        respond.error("unavailable", f"'{request.op}' needs the agent, which is not running in this daemon")
+
+
+@dataclass
+class _Pending:
+    identity: bytes
+    request_id: str
+    req_style: bool  # a REQ client: one reply only, after an empty delimiter frame
+    deadline: float
+
+
+def _plain(data: Any) -> Any:
+    return data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+
+
+class BusServer:
+    """Publishes events and serves requests from its own thread."""
+
+    def __init__(
+        self,
+        config: BusConfig,
+        handler: RequestHandler,
+        status: Callable[[], Status],
+        beat: Callable[[], None] = lambda: None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.config = config
+        self._handler = handler
+        self._status = status
+        self._beat = beat
+        self._context = context or zmq.Context.instance()
+        self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
+        self._seq: dict[str, int] = {}
+        self._pending: dict[tuple[bytes, str], _Pending] = {}
+        self.busy_refusals = 0
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._authenticator: Any = None
+
+    # -- any thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the sockets (on the bus thread) and return once they are bound."""
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+        self._thread.join(5)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def publish(self, kind: str, camera: str | None, data: BaseModel) -> None:
+        """Queue an event for the publisher; never blocks."""
+        if kind not in EVENT_DATA:
+            raise ValueError(f"unknown event kind {kind!r}")
+        self._post(("event", kind, camera, data.model_dump(mode="json")))
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._pending)
+
+    def _post(self, item: tuple) -> None:
+        self._outbox.put(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the thread is awake anyway) or closed (stopping)
+
+    # -- the bus thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            events, control = self._bind()
+        except BaseException as error:  # reported to start()
+            self._failure = error
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
+        next_status = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self._beat()
+                now = time.monotonic()
+                if now >= next_status:
+                    self._publish(events, "status", None, self._status().model_dump(mode="json"))
+                    next_status = now + self.config.status_interval_s
+                self._expire(control, now)
+                timeout = min(next_status, *(p.deadline for p in self._pending.values()), now + 1.0) - now
+                ready = dict(poller.poll(max(0.0, timeout) * 1000))
+                if self._wake_read in ready:
+                    self._drain_wakeups()
+                while True:
+                    try:
+                        item = self._outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._deliver(events, control, item)
+                if control in ready:
+                    for _ in range(100):  # stay responsive to the outbox under a flood
+                        try:
+                            frames = control.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._receive(control, frames)
+        finally:
+            events.close(linger=0)
+            control.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
+
+    def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
+        events = self._context.socket(zmq.PUB)
+        control = self._context.socket(zmq.ROUTER)
+        events.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        # Bounds memory; anything between max_request_bytes and this still gets a too_large reply.
+        control.setsockopt(zmq.MAXMSGSIZE, max(self.config.max_request_bytes, 32 << 20))
+        if self.config.curve_secret_key is not None:
+            self._authenticator = curve_server(self._context, [events, control], self.config.curve_secret_key,
+                                               self.config.curve_allow)  # type: ignore[arg-type]
+        for socket, endpoint in ((events, self.config.events), (control, self.config.control)):
+            try:
+                _bind(socket, endpoint)
+            except (zmq.ZMQError, OSError) as error:
+                events.close(linger=0)
+                control.close(linger=0)
+                raise OSError(
+                    f"cannot bind {endpoint}: {error}; set [bus] {'events' if socket is events else 'control'} "
+                    "to an endpoint this user can bind (e.g. ipc:///tmp/edged/control.sock)"
+                ) from None
+        return events, control
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _publish(self, events: zmq.Socket, kind: str, camera: str | None, data: Any) -> None:
+        name = topic(kind, camera)
+        seq = self._seq.get(name, -1) + 1
+        self._seq[name] = seq
+        envelope = {"v": 1, "kind": kind, "seq": seq, "ts": time.time(), "device": self.config.device,
+                    "camera": camera, "data": data}
+        events.send_multipart([name.encode(), json.dumps(envelope, separators=(",", ":")).encode()])
+
+    def _deliver(self, events: zmq.Socket, control: zmq.Socket, item: tuple) -> None:
+        if item[0] == "event":
+            _, kind, camera, data = item
+            self._publish(events, kind, camera, data)
+            return
+        _, key, partial, ok, data, error = item
+        pending = self._pending.get(key)
+        if pending is None:
+            return  # answered already, or past its deadline
+        if partial and pending.req_style:
+            return
+        self._send(control, pending.identity, pending.req_style,
+                   Reply(id=pending.request_id, ok=ok, partial=partial, data=data, error=error))
+        if not partial:
+            del self._pending[key]
+
+    def _expire(self, control: zmq.Socket, now: float) -> None:
+        for key, pending in list(self._pending.items()):
+            if pending.deadline <= now:
+                del self._pending[key]
+                self._send(control, pending.identity, pending.req_style, Reply(
+                    id=pending.request_id, ok=False,
+                    error=ErrorInfo(code="deadline", message=f"not answered within {self.config.request_timeout_s:g} s")))
+
+    def _send(self, control: zmq.Socket, identity: bytes, req_style: bool, reply: Reply) -> None:
+        payload = reply.model_dump_json(exclude_none=False).encode()
+        frames = [identity, b"", payload] if req_style else [identity, payload]
+        try:
+            control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client's queue is full or it left: its problem, not the server's
+
+    def _receive(self, control: zmq.Socket, frames: list[bytes]) -> None:
+        identity = frames[0]
+        req_style = len(frames) == 3 and frames[1] == b""
+        if len(frames) != 2 and not req_style:
+            return self._refuse(control, identity, False, None, "bad_request",
+                                "send one frame per request (DEALER), or an empty frame and one (REQ)")
+        payload = frames[-1]
+        if len(payload) > self.config.max_request_bytes:
+            return self._refuse(control, identity, req_style, None, "too_large",
+                                f"request of {len(payload)} bytes; the limit is {self.config.max_request_bytes}")
+        try:
+            message = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as error:
+            return self._refuse(control, identity, req_style, None, "bad_request", f"not JSON: {error}")
+        if not isinstance(message, dict):
+            return self._refuse(control, identity, req_style, None, "bad_request", "a request is a JSON object")
+        request_id = message.get("id") if isinstance(message.get("id"), str) else None
+        if message.get("op") not in OPS:
+            return self._refuse(control, identity, req_style, request_id, "unknown_op",
+                                f"op {message.get('op')!r} is not one of {', '.join(OPS)}")
+        try:
+            request = REQUEST.validate_python(message)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:]) or "request"
+            return self._refuse(control, identity, req_style, request_id, "bad_request", f"{where}: {first['msg']}")
+        key = (identity, request.id)
+        if key in self._pending:
+            return self._refuse(control, identity, req_style, request.id, "bad_request",
+                                f"id {request.id!r} is already in progress")
+        if isinstance(request, StatusRequest):
+            return self._send(control, identity, req_style, Reply(id=request.id, ok=True, data=self._status().model_dump(mode="json")))
+        if len(self._pending) >= self.config.queue_limit:
+            self.busy_refusals += 1
+            return self._refuse(control, identity, req_style, request.id, "busy",
+                                f"{len(self._pending)} requests in progress; try again shortly")
+        self._pending[key] = _Pending(identity, request.id, req_style, time.monotonic() + self.config.request_timeout_s)
+        try:
+            self._handler.handle(request, Responder(self, key))
+        except Exception as error:  # the handler's bug must not take the bus down
+            log.exception("request handler failed", request_id=request.id, op=request.op)
+            self._pending.pop(key, None)
+            self._refuse(control, identity, req_style, request.id, "internal", f"{type(error).__name__}: {error}")
+
+    def _refuse(self, control: zmq.Socket, identity: bytes, req_style: bool, request_id: str | None,
+                code: str, message: str) -> None:
+        self._send(control, identity, req_style, Reply(id=request_id, ok=False, error=ErrorInfo(code=code, message=message)))
+
+
+def _bind(socket: zmq.Socket, endpoint: str) -> None:
+    """Bind; an ipc:// socket file gets its directory created and mode 0660."""
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        socket.bind(endpoint)
+        os.chmod(path, 0o660)
+    else:
+        socket.bind(endpoint)

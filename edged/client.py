@@ -1,0 +1,156 @@
+"""Talking to a running edged from Python: subscribe to its events, send it requests.
+
+    from edged.client import Client, Subscriber
+    with Subscriber("ipc:///run/edged/events.sock", ["edged.rule."]) as events:
+        for received in events:
+            print(received.event.data)
+    with Client("ipc:///run/edged/control.sock") as client:
+        for piece in client.ask("Is anyone at the door?", camera="front"):
+            print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from edged.bus.schema import EVENT, Event, Reply, Status
+from edged.bus.security import curve_client
+
+
+class BusError(Exception):
+    """The daemon answered with an error; ``code`` is one of the documented error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    event: Event
+    missed: int
+    """Events of this topic missed since the previous one received (0 normally)."""
+
+
+def _socket(context: zmq.Context, kind: int, endpoint: str, server_key: Path | None, client_key: Path | None) -> zmq.Socket:
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        if client_key is None:
+            raise ValueError("CURVE needs both the server's public key and this client's secret key")
+        curve_client(socket, server_key, client_key)
+    socket.connect(endpoint)
+    return socket
+
+
+class Subscriber:
+    """Events whose topic starts with one of ``topics``, validated against the schema."""
+
+    def __init__(self, endpoint: str, topics: Sequence[str] = ("edged.",), server_key: Path | None = None,
+                 client_key: Path | None = None, context: zmq.Context | None = None) -> None:
+        self._socket = _socket(context or zmq.Context.instance(), zmq.SUB, endpoint, server_key, client_key)
+        for prefix in topics or ("",):
+            self._socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self._last_seq: dict[str, int] = {}
+        self.missed = 0
+
+    def receive(self, timeout: float | None = None) -> Received | None:
+        """The next event, or None after ``timeout`` seconds."""
+        if timeout is not None and not self._socket.poll(timeout * 1000):
+            return None
+        name, payload = self._socket.recv_multipart()
+        event = EVENT.validate_json(payload)
+        topic = name.decode()
+        last = self._last_seq.get(topic)
+        missed = event.seq - last - 1 if last is not None and event.seq > last else 0
+        self._last_seq[topic] = event.seq
+        self.missed += missed
+        return Received(topic, event, missed)
+
+    def __iter__(self) -> Iterator[Received]:
+        while True:
+            received = self.receive()
+            if received is not None:
+                yield received
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """Requests to the daemon's control socket (DEALER: answers stream as partial replies)."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0, server_key: Path | None = None,
+                 client_key: Path | None = None, context: zmq.Context | None = None) -> None:
+        self.timeout = timeout
+        self._socket = _socket(context or zmq.Context.instance(), zmq.DEALER, endpoint, server_key, client_key)
+
+    def request(self, op: str, **fields: Any) -> Iterator[Reply]:
+        """Send one request; yield its replies until the final one. TimeoutError if the
+        daemon says nothing for ``timeout`` seconds."""
+        request_id = uuid.uuid4().hex
+        self._socket.send(json.dumps({"v": 1, "id": request_id, "op": op, **fields}).encode())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(remaining * 1000):
+                raise TimeoutError(f"no reply to {op!r} within {self.timeout:g} s: is edged running?")
+            reply = Reply.model_validate_json(self._socket.recv())
+            if reply.id != request_id:
+                continue  # a late reply to an earlier request that timed out
+            yield reply
+            if not reply.partial:
+                return
+            deadline = time.monotonic() + self.timeout
+
+    def call(self, op: str, **fields: Any) -> Any:
+        """The final reply's data; raises BusError when the daemon answers with an error."""
+        for reply in self.request(op, **fields):
+            if not reply.ok:
+                raise BusError(reply.error.code, reply.error.message)  # type: ignore[union-attr]
+            if not reply.partial:
+                return reply.data
+        return None
+
+    def ask(self, question: str, camera: str | None = None, session: str | None = None,
+            max_tokens: int = 256) -> Iterator[str]:
+        """The answer's text as it streams: each partial reply carries the next piece, the
+        final one the whole answer (yielded only when nothing was streamed)."""
+        fields = {"question": question, "camera": camera, "session": session, "max_tokens": max_tokens}
+        streamed = False
+        for reply in self.request("ask", **{k: v for k, v in fields.items() if v is not None}):
+            if not reply.ok:
+                raise BusError(reply.error.code, reply.error.message)  # type: ignore[union-attr]
+            text = reply.data.get("text", "") if isinstance(reply.data, dict) else ""
+            if reply.partial:
+                streamed = True
+                yield text
+            elif not streamed and text:
+                yield text
+
+    def status(self) -> Status:
+        return Status.model_validate(self.call("status"))
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
