@@ -41,10 +41,15 @@ class Pulse:
 
 
 class ProgressMonitor:
-    """Knows when each part last made progress, so the watchdog pings only while all do."""
+    """Knows when each part last made progress, so the watchdog pings only while all do.
 
-    def __init__(self) -> None:
+    A part beats whenever it makes progress, and at least every ``beat_every`` seconds while
+    it waits for work, so an idle part is not taken for a stuck one.
+    """
+
+    def __init__(self, beat_every: float = 1.0) -> None:
         self._pulses: list[Pulse] = []
+        self.beat_every = beat_every
 
     def register(self, name: str) -> Pulse:
         pulse = Pulse(name)

@@ -41,7 +41,9 @@ STATUS_REFRESH_S = 5.0
 
 def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     """The daemon's parts, in start order (they stop in reverse)."""
-    return []
+    from edged.bus.part import BusPart
+
+    return [BusPart(settings, monitor)]
 
 
 def serve(
@@ -82,13 +84,13 @@ class Service:
         self.loaded = loaded
         self._reload_config = reload_config
         self.notifier = notifier or SystemdNotifier()
-        self.monitor = ProgressMonitor()
+        self._watchdog_timeout = watchdog_interval()
+        self.monitor = ProgressMonitor(beat_every=min(1.0, (self._watchdog_timeout or 4.0) / 4))
         self.parts = parts_factory(loaded.settings, self.monitor)
         self._started: list[Part] = []
         self._stopping = False
         self._reload_problem: str | None = None
         self._last_status = ""
-        self._watchdog_timeout = watchdog_interval()
         self._next_ping = time.monotonic()
         self._stall_reported: list[str] = []
 

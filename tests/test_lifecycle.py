@@ -19,10 +19,10 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def test_run_with_no_config_reports_ready_and_says_it_has_no_parts(start_daemon, notify_socket: NotifySocket) -> None:
+def test_run_with_no_config_reports_ready_and_its_status(start_daemon, notify_socket: NotifySocket) -> None:
     daemon = start_daemon()
     ready = notify_socket.wait_for("READY", "1")
-    assert ready["STATUS"] == "running with no parts"
+    assert ready["STATUS"] == "bus: 0 requests in progress"
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -108,7 +108,7 @@ def test_sighup_reloads_config_and_new_values_take_effect(
     daemon.send(signal.SIGHUP)
     reloading = notify_socket.wait_for("RELOADING", "1")
     assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "running with no parts"
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "bus: 0 requests in progress"
 
     events = [json.loads(line) for line in daemon.log().splitlines()]
     reloaded = next(e for e in events if e["event"] == "config reloaded")
@@ -138,7 +138,7 @@ def test_invalid_config_on_reload_keeps_the_running_config(
     rejected = [e for e in events if e["event"] == "config reload rejected"]
     assert [e["problem"] for e in rejected] == [f"{config}: cameras.front.fps: must be greater than 0, got -1"]
     # Still at level info after the rejected reload: the stop is logged.
-    assert [e["event"] for e in events][-2:] == ["stop requested", "stopped"]
+    assert [e["event"] for e in events][-3:] == ["stop requested", "stopping part", "stopped"]
 
 
 def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
@@ -152,7 +152,7 @@ def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
     assert "rejected" in notify_socket.wait_for("READY", "1")["STATUS"]
     write_config(config, "[model]\nthreads = 2\n")
     daemon.send(signal.SIGHUP)
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "running with no parts"
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "bus: 0 requests in progress"
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -179,3 +179,20 @@ def test_a_model_path_with_no_package_stops_the_start_with_78(start_daemon, noti
     assert daemon.wait() == EX_CONFIG
     assert f"[model] path = '{tmp_path}': no model package there" in daemon.log()
     assert notify_socket.collect(0.2) == []
+
+
+def test_the_running_daemon_answers_status_and_publishes_it(start_daemon, notify_socket: NotifySocket) -> None:
+    from conftest import edged
+
+    daemon = start_daemon("--set", "bus.status_interval_s=0.2")
+    notify_socket.wait_for("READY", "1")
+    status = edged("status", "--endpoint", daemon.control, "--json", "--timeout", "10")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["model"] == "vl-fp32"
+    watched = edged("watch", "--endpoint", daemon.events, "--count", "2", "--json", "edged.status", timeout=30)
+    assert [json.loads(line)["kind"] for line in watched.stdout.splitlines()] == ["status", "status"]
+    asked = edged("ask", "--endpoint", daemon.control, "--timeout", "10", "Anyone there?")
+    assert asked.returncode == 1
+    assert "unavailable" in asked.stderr
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0

@@ -82,11 +82,13 @@ class BusServer:
         status: Callable[[], Status],
         beat: Callable[[], None] = lambda: None,
         context: zmq.Context | None = None,
+        beat_every: float = 1.0,
     ) -> None:
         self.config = config
         self._handler = handler
         self._status = status
         self._beat = beat
+        self._beat_every = beat_every
         self._context = context or zmq.Context.instance()
         self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
@@ -159,7 +161,7 @@ class BusServer:
                     self._publish(events, "status", None, self._status().model_dump(mode="json"))
                     next_status = now + self.config.status_interval_s
                 self._expire(control, now)
-                timeout = min(next_status, *(p.deadline for p in self._pending.values()), now + 1.0) - now
+                timeout = min(next_status, *(p.deadline for p in self._pending.values()), now + self._beat_every) - now
                 ready = dict(poller.poll(max(0.0, timeout) * 1000))
                 if self._wake_read in ready:
                     self._drain_wakeups()

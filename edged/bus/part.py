@@ -1,0 +1,50 @@
+"""The bus as a part of the daemon: started and stopped by the lifecycle, status for real."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from edged.bus.schema import Status
+from edged.bus.server import BusServer, RequestHandler, Unavailable
+from edged.config import Settings
+from edged.models.installed import ModelSelectionError, choose_model
+from edged.parts import ProgressMonitor
+
+log = structlog.get_logger()
+
+
+class BusPart:
+    name = "bus"
+
+    def __init__(self, settings: Settings, monitor: ProgressMonitor, handler: RequestHandler | None = None) -> None:
+        self._settings = settings
+        self._started = time.monotonic()
+        try:
+            self._model: str | None = choose_model(settings.model).path.name
+        except ModelSelectionError:
+            self._model = None
+        pulse = monitor.register(self.name)
+        self.server = BusServer(settings.bus, handler or Unavailable(), self.status, beat=pulse.beat,
+                                beat_every=monitor.beat_every)
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("bus ready", events=self._settings.bus.events, control=self._settings.bus.control)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def apply(self, settings: Settings) -> None:
+        if settings.bus != self._settings.bus:
+            log.warning("bus settings take effect at the next restart")
+
+    def describe(self) -> str:
+        return f"bus: {self.server.in_progress} requests in progress"
+
+    def status(self) -> Status:
+        return Status(
+            uptime_s=round(time.monotonic() - self._started, 1), model=self._model,
+            queue_depth=self.server.in_progress, requests_busy=self.server.busy_refusals,
+        )
