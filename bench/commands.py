@@ -26,11 +26,25 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     engine.add_argument("--image", type=Path, help="picture for the fan-out (default: a 448x448 test pattern)")
     engine.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     engine.set_defaults(handler=_engine)
+    bus = sub.add_parser("bus", help="the bus against raw pyzmq: publish rate and ask latency",
+                         description="Publish 200-byte events through edged's publisher and through a raw pyzmq "
+                         "PUB socket, side by side; and the ask round trip with an agent that answers at once.")
+    bus.add_argument("--messages", type=int, default=50_000, help="events per side (default 50000)")
+    bus.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
+    bus.set_defaults(handler=_bus)
 
 
 def _engine(args: argparse.Namespace) -> int:
     from edged.bench.engine import as_json, format_table, run_engine_bench
 
     result = run_engine_bench(args.model, threads=args.threads, repeats=args.repeats, image=args.image)
+    print(as_json(result) if args.as_json else format_table(result))
+    return 0
+
+
+def _bus(args: argparse.Namespace) -> int:
+    from edged.bench.bus import as_json, format_table, run_bus_bench
+
+    result = run_bus_bench(messages=args.messages)
     print(as_json(result) if args.as_json else format_table(result))
     return 0

@@ -17,3 +17,11 @@ def test_bench_engine_runs_and_reports_every_figure() -> None:
     table = edged("bench", "engine", "--model", str(TINY / "text-int4"), "--repeats", "1", timeout=300)
     assert table.returncode == 0, table.stderr
     assert "decode tok/s" in table.stdout
+
+
+def test_bench_bus_runs_and_reports_every_figure() -> None:
+    result = edged("bench", "bus", "--messages", "2000", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("publish_msg_s", "raw_msg_s", "publish_ratio", "ask_p50_ms", "ask_p99_ms"):
+        assert report[key] > 0, key

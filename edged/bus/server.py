@@ -89,6 +89,7 @@ class BusServer:
         self._status = status
         self._beat = beat
         self._beat_every = beat_every
+        self._framing: dict[tuple[str, str | None], tuple[bytes, str, str]] = {}
         self._context = context or zmq.Context.instance()
         self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
@@ -96,7 +97,8 @@ class BusServer:
         os.set_blocking(self._wake_write, False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
-        self._seq: dict[str, int] = {}
+        self._seq: dict[tuple[str, str | None], int] = {}
+        self._wake_pending = False
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self.busy_refusals = 0
         self._ready = threading.Event()
@@ -123,7 +125,7 @@ class BusServer:
         """Queue an event for the publisher; never blocks."""
         if kind not in EVENT_DATA:
             raise ValueError(f"unknown event kind {kind!r}")
-        self._post(("event", kind, camera, data.model_dump(mode="json")))
+        self._post(("event", kind, camera, data.model_dump_json()))
 
     @property
     def in_progress(self) -> int:
@@ -131,9 +133,11 @@ class BusServer:
 
     def _post(self, item: tuple) -> None:
         self._outbox.put(item)
-        self._wake()
+        if not self._wake_pending:  # one wake-up per batch, not a system call per event
+            self._wake()
 
     def _wake(self) -> None:
+        self._wake_pending = True
         try:
             os.write(self._wake_write, b"\0")
         except (BlockingIOError, OSError):
@@ -158,13 +162,14 @@ class BusServer:
                 self._beat()
                 now = time.monotonic()
                 if now >= next_status:
-                    self._publish(events, "status", None, self._status().model_dump(mode="json"))
+                    self._publish(events, "status", None, self._status().model_dump_json())
                     next_status = now + self.config.status_interval_s
                 self._expire(control, now)
                 timeout = min(next_status, *(p.deadline for p in self._pending.values()), now + self._beat_every) - now
                 ready = dict(poller.poll(max(0.0, timeout) * 1000))
                 if self._wake_read in ready:
                     self._drain_wakeups()
+                    self._wake_pending = False  # after the pipe, before the queue: no post is missed
                 while True:
                     try:
                         item = self._outbox.get_nowait()
@@ -212,13 +217,21 @@ class BusServer:
         except BlockingIOError:
             pass
 
-    def _publish(self, events: zmq.Socket, kind: str, camera: str | None, data: Any) -> None:
-        name = topic(kind, camera)
-        seq = self._seq.get(name, -1) + 1
-        self._seq[name] = seq
-        envelope = {"v": 1, "kind": kind, "seq": seq, "ts": time.time(), "device": self.config.device,
-                    "camera": camera, "data": data}
-        events.send_multipart([name.encode(), json.dumps(envelope, separators=(",", ":")).encode()])
+    def _publish(self, events: zmq.Socket, kind: str, camera: str | None, data_json: str) -> None:
+        """Send one event; the envelope is spliced around the data's JSON, not re-encoded."""
+        key = (kind, camera)
+        framing = self._framing.get(key)
+        if framing is None:
+            framing = self._framing[key] = (
+                topic(kind, camera).encode(),
+                f'{{"v":1,"kind":"{kind}","seq":',
+                f',"device":{json.dumps(self.config.device)},"camera":{json.dumps(camera)},"data":',
+            )
+        name, head, middle = framing
+        seq = self._seq.get(key, -1) + 1
+        self._seq[key] = seq
+        envelope = f'{head}{seq},"ts":{time.time():.6f}{middle}{data_json}}}'
+        events.send_multipart([name, envelope.encode()])
 
     def _deliver(self, events: zmq.Socket, control: zmq.Socket, item: tuple) -> None:
         if item[0] == "event":
