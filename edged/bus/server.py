@@ -230,8 +230,9 @@ class BusServer:
         name, head, middle = framing
         seq = self._seq.get(key, -1) + 1
         self._seq[key] = seq
-        envelope = f'{head}{seq},"ts":{time.time():.6f}{middle}{data_json}}}'
-        events.send_multipart([name, envelope.encode()])
+        envelope = f'{head}{seq},"ts":{time.time()!r}{middle}{data_json}}}'
+        events.send(name, zmq.SNDMORE)
+        events.send(envelope.encode(), copy=False)
 
     def _deliver(self, events: zmq.Socket, control: zmq.Socket, item: tuple) -> None:
         if item[0] == "event":
