@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from edged.bus.schema import EVENT, Event, Reply, Status
+from edged.bus.schema import EVENT, Answer, Event, Reply, Status
 from edged.bus.security import curve_client
 
 
@@ -128,20 +128,10 @@ class Client:
         return None
 
     def ask(self, question: str, camera: str | None = None, session: str | None = None,
-            max_tokens: int = 256) -> Iterator[str]:
-        """The answer's text as it streams: each partial reply carries the next piece, the
-        final one the whole answer (yielded only when nothing was streamed)."""
+            max_tokens: int = 256) -> AnswerStream:
+        """The answer: iterate it for the text as it streams, then read ``.final``."""
         fields = {"question": question, "camera": camera, "session": session, "max_tokens": max_tokens}
-        streamed = False
-        for reply in self.request("ask", **{k: v for k, v in fields.items() if v is not None}):
-            if not reply.ok:
-                raise BusError(reply.error.code, reply.error.message)  # type: ignore[union-attr]
-            text = reply.data.get("text", "") if isinstance(reply.data, dict) else ""
-            if reply.partial:
-                streamed = True
-                yield text
-            elif not streamed and text:
-                yield text
+        return AnswerStream(self.request("ask", **{k: v for k, v in fields.items() if v is not None}))
 
     def status(self) -> Status:
         return Status.model_validate(self.call("status"))
@@ -154,3 +144,25 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AnswerStream:
+    """An answer as it streams: each partial reply carries the next piece of text; the final
+    reply, kept in ``final``, the whole answer (yielded only when nothing was streamed)."""
+
+    def __init__(self, replies: Iterator[Reply]) -> None:
+        self._replies = replies
+        self.final: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        streamed = False
+        for reply in self._replies:
+            if not reply.ok:
+                raise BusError(reply.error.code, reply.error.message)  # type: ignore[union-attr]
+            if reply.partial:
+                streamed = True
+                yield reply.data.get("text", "") if isinstance(reply.data, dict) else ""
+            else:
+                self.final = Answer.model_validate(reply.data)
+                if not streamed and self.final.text:
+                    yield self.final.text

@@ -169,7 +169,9 @@ def test_ask_streams_partial_replies_then_the_final_answer(client: Client) -> No
     assert [r.partial for r in replies] == [True, True, True, True, False]
     assert "".join(r.data["text"] for r in replies[:-1]) == "is the door open "
     assert replies[-1].data["text"] == "is the door open "
-    assert "".join(client.ask("two words")) == "two words "
+    answer = client.ask("two words")
+    assert "".join(answer) == "two words "
+    assert answer.final.text == "two words "
 
 
 def test_status_is_answered_by_the_server_itself(client: Client) -> None:
