@@ -112,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edged.bench.commands import add_commands as add_bench_commands
     from edged.bus.commands import add_commands as add_bus_commands
+    from edged.capture.commands import add_commands as add_capture_commands
     from edged.engine.commands import add_commands as add_engine_commands
     from edged.models.commands import add_commands as add_model_commands
 
     add_engine_commands(commands, config_options)
     add_model_commands(commands, config_options)
+    add_capture_commands(commands, config_options)
     add_bus_commands(commands, config_options)
     add_bench_commands(commands, config_options)
     parser.set_defaults(handler=lambda args: _usage(parser))
@@ -126,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":  # tools log warnings to stderr, keeping stdout for their output
+        from edged.logs import LogConfig, configure_logging
+
+        configure_logging(LogConfig(level="warning", format="console"))
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -54,6 +54,28 @@ class CameraConfig(BaseModel):
     source: str = Field(description="where frames come from: " + ", ".join(_SOURCE_FORMS))
     enabled: bool = Field(True, description="false keeps the table but opens no camera")
     fps: float = Field(1.0, gt=0, description="most frames per second sent on to the model")
+    width: int | None = Field(None, gt=0, description="capture width to ask a live camera for")
+    height: int | None = Field(None, gt=0, description="capture height to ask a live camera for")
+    gate_threshold: float = Field(
+        0.02, ge=0, le=1, description="how much a frame must change (0-1) to go to the model; 0 sends all"
+    )
+    masks: list[list[tuple[float, float]]] = Field(
+        default_factory=list, description="privacy polygons, vertices as 0-1 fractions of width and height"
+    )
+    max_pixels: int = Field(200704, gt=0, description="frames are scaled down to at most this many pixels")
+    loop: bool = Field(True, description="file sources: start again at the end")
+    realtime: bool = Field(True, description="file and synthetic sources: at their own rate, not as fast as read")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
+
+    @field_validator("masks")
+    @classmethod
+    def _polygons(cls, masks: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for polygon in masks:
+            if len(polygon) < 3:
+                raise ValueError("each mask is a polygon of at least 3 [x, y] points")
+            if not all(0 <= v <= 1 for point in polygon for v in point):
+                raise ValueError("mask points are fractions of the frame: 0 to 1")
+        return masks
 
     @field_validator("source")
     @classmethod

@@ -1,0 +1,273 @@
+"""Capture: real GStreamer, real video files, the synthetic camera, picamera2 through a
+stand-in with its API, gating, masks, the one-slot mailbox and reconnection."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import edged
+
+from edged.capture.camera import CameraCapture
+from edged.capture.config import CameraConfig
+from edged.capture.frame import Frame
+from edged.capture.sampler import ChangeGate, FrameMailbox, FramePipeline, fit_to_budget
+from edged.capture.sources import SourceEnded, SourceError, open_source, redact
+from edged.capture.sources.file import FileSource
+from edged.capture.sources.gstreamer import GStreamerSource, pipeline_for
+from edged.capture.sources.picamera import Picamera2Source
+from edged.capture.sources.synthetic import SyntheticSource, object_visible, synthetic_frame
+
+
+def read_all(source, limit: int = 1000) -> list[np.ndarray]:
+    frames = []
+    source.open()
+    try:
+        while len(frames) < limit:
+            frame = source.read(timeout=5)
+            if frame is not None:
+                frames.append(frame)
+    except SourceEnded:
+        pass
+    finally:
+        source.close()
+    return frames
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+def test_gstreamer_videotestsrc_through_the_real_appsink() -> None:
+    # 322 pixels wide: RGB rows of 966 bytes are padded to 968, which the reader must undo.
+    pipeline = pipeline_for("gst:videotestsrc is-live=true num-buffers=12 pattern=smpte ! "
+                            "video/x-raw,width=322,height=240,framerate=30/1", None, None)
+    frames = read_all(GStreamerSource(pipeline, "test"))
+    assert len(frames) == 12
+    assert all(f.shape == (240, 322, 3) and f.dtype == np.uint8 for f in frames)
+    top_left = frames[0][10, 10]
+    assert top_left[0] > 150 and top_left[1] > 150  # SMPTE bars start with light grey/white
+
+
+def test_gstreamer_reports_a_bad_pipeline_as_a_source_error() -> None:
+    with pytest.raises(SourceError, match="bad pipeline|no element"):
+        GStreamerSource(pipeline_for("gst:nosuchelement", None, None), "bad").open()
+
+
+def test_source_strings_become_the_right_pipelines() -> None:
+    assert pipeline_for("v4l2:/dev/video2", 640, 480).startswith("v4l2src device=/dev/video2 ")
+    assert "width=640,height=480" in pipeline_for("v4l2:/dev/video2", 640, 480)
+    assert pipeline_for("csi:1", None, None).startswith("nvarguscamerasrc sensor-id=1 ")
+    assert pipeline_for("rtsp://cam.local/s", None, None).startswith("rtspsrc location=rtsp://cam.local/s ")
+    assert redact("rtsp://admin:hunter2@192.0.2.7/stream") == "rtsp://***@192.0.2.7/stream"
+
+
+def test_a_real_video_file_is_read_back_at_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 240))
+    written = [synthetic_frame(i, 320, 240) for i in range(20)]
+    for frame in written:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    frames = read_all(FileSource(str(path), realtime=False, loop=False))
+    assert len(frames) == 20
+    assert frames[5].shape == (240, 320, 3)
+    assert np.abs(frames[5].astype(int) - written[5]).mean() < 8  # MJPEG is lossy, and RGB stays RGB
+
+
+def test_a_folder_of_images_loops_unless_told_not_to(tmp_path: Path) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), cv2.cvtColor(synthetic_frame(i, 64, 48), cv2.COLOR_RGB2BGR))
+    assert len(read_all(FileSource(str(tmp_path), realtime=False, loop=False))) == 3
+    looping = read_all(FileSource(str(tmp_path), realtime=False, loop=True), limit=7)
+    np.testing.assert_array_equal(looping[3], looping[0])
+
+
+def test_the_synthetic_camera_is_deterministic_and_shows_a_scheduled_object() -> None:
+    first = read_all(SyntheticSource(160, 120, realtime=False), limit=40)
+    again = read_all(SyntheticSource(160, 120, realtime=False), limit=40)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], first[2])  # the counter and the pattern move
+    red = lambda f: int(((f[..., 0] > 200) & (f[..., 1] < 40)).sum())  # noqa: E731
+    assert object_visible(35) and not object_visible(10)
+    assert red(first[35]) > 100 and red(first[10]) == 0
+
+
+class FakePicamera2:
+    """Stand-in with picamera2's API: configure, start, capture_array, stop, close."""
+
+    formats: list[str] = []
+
+    def __init__(self, camera: int = 0) -> None:
+        self.started = False
+
+    def create_video_configuration(self, main: dict, lores: dict | None = None) -> dict:
+        return {"main": main, "lores": lores}
+
+    def configure(self, config: dict) -> None:
+        self.config = config
+        FakePicamera2.formats.append(config["main"]["format"])
+
+    def start(self) -> None:
+        self.started = True
+
+    def capture_array(self, stream: str = "main") -> np.ndarray:
+        assert self.started and stream == "main"
+        width, height = self.config["main"]["size"]
+        rgb = np.zeros((height, width, 3), np.uint8)
+        rgb[..., 0] = 200  # a red scene
+        rgb[..., 1] = 30
+        rgb[..., 2] = 40
+        fmt = self.config["main"]["format"]
+        if fmt == "RGB888":
+            return rgb[..., ::-1].copy()  # picamera2's RGB888 is B, G, R in memory
+        if fmt == "XRGB8888":
+            return np.dstack([rgb[..., ::-1], np.full((height, width), 255, np.uint8)])
+        if fmt == "NV12":
+            return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # same size as NV12; see below
+        raise AssertionError(fmt)
+
+    def stop(self) -> None:
+        self.started = False
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch: pytest.MonkeyPatch):
+    module = types.ModuleType("picamera2")
+    module.Picamera2 = FakePicamera2
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    return module
+
+
+@pytest.mark.parametrize("pixel_format", ["RGB888", "XRGB8888"])
+def test_picamera2_frames_come_out_rgb_whatever_the_sensor_format(fake_picamera2, pixel_format: str) -> None:
+    source = Picamera2Source(64, 48, pixel_format=pixel_format)
+    source.open()
+    frame = source.read(timeout=1)
+    source.close()
+    assert frame.shape == (48, 64, 3)
+    assert tuple(frame[0, 0]) == (200, 30, 40)
+
+
+def test_picamera2_yuv_frames_are_converted(fake_picamera2) -> None:
+    source = Picamera2Source(64, 48, pixel_format="YUV420")
+    FakePicamera2.capture_array = lambda self, stream="main": cv2.cvtColor(  # type: ignore[method-assign]
+        np.full((48, 64, 3), (200, 30, 40), np.uint8), cv2.COLOR_RGB2YUV_I420)
+    source.open()
+    frame = source.read(timeout=1)
+    assert np.abs(frame[10, 10].astype(int) - (200, 30, 40)).max() < 12
+
+
+def test_a_missing_picamera2_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="apt install python3-picamera2"):
+        open_source("picamera2").open()
+
+
+# -- sampling -----------------------------------------------------------------------------
+
+
+def still(value: int = 90) -> np.ndarray:
+    return np.full((120, 160, 3), value, np.uint8)
+
+
+def test_a_static_scene_passes_no_frames_after_the_first_and_a_change_passes_one() -> None:
+    pipeline = FramePipeline(CameraConfig(source="synthetic", fps=1000, gate_threshold=0.02))
+    passed = [pipeline.process(still(), now=i) is not None for i in range(10)]
+    assert passed == [True] + [False] * 9
+    changed = still()
+    changed[20:100, 40:120] = 250
+    assert pipeline.process(changed, now=11) is not None
+    assert pipeline.process(changed, now=12) is None
+
+
+def test_masks_black_out_the_frame_before_the_gate_sees_it() -> None:
+    config = CameraConfig(source="synthetic", fps=1000, masks=[[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]])
+    pipeline = FramePipeline(config)
+    first = pipeline.process(still(), now=0)
+    assert first is not None and first[:, :80].max() == 0 and first[:, 82:].min() == 90  # edge pixels are masked
+    moving_in_mask = still()
+    moving_in_mask[:, :70] = 255  # everything that changed is inside the mask
+    assert pipeline.process(moving_in_mask, now=1) is None
+
+
+def test_the_fps_cap_and_the_image_budget() -> None:
+    pipeline = FramePipeline(CameraConfig(source="synthetic", fps=2, gate_threshold=0))
+    assert [pipeline.process(still(i), now=i * 0.1) is not None for i in range(10)] == [True] + [False] * 4 + [True] + [False] * 4
+    small = fit_to_budget(np.zeros((1080, 1920, 3), np.uint8), 448 * 448)
+    assert small.shape[0] * small.shape[1] <= 448 * 448 and abs(small.shape[1] / small.shape[0] - 16 / 9) < 0.02
+    assert fit_to_budget(still(), 10**6).shape == still().shape
+
+
+def test_the_mailbox_holds_one_frame_and_counts_what_it_drops() -> None:
+    mailbox = FrameMailbox()
+    for seq in range(5):
+        mailbox.put(Frame(still(), "front", seq, float(seq), float(seq)))
+        assert len(mailbox) == 1
+    assert mailbox.take(0).seq == 4
+    assert mailbox.drops == 4 and mailbox.take(0.01) is None
+
+
+def test_masks_are_validated() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        CameraConfig(source="synthetic", masks=[[(0, 0), (1, 1)]])
+    with pytest.raises(ValueError, match="fractions"):
+        CameraConfig(source="synthetic", masks=[[(0, 0), (2, 0), (0, 1)]])
+
+
+# -- the capture thread -------------------------------------------------------------------
+
+
+def wait_for(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_source_that_fails_mid_stream_reconnects_and_status_says_so() -> None:
+    source = SyntheticSource(64, 48, fps=50)
+    source.fail_at = 10
+    camera = CameraCapture("front", CameraConfig(source="synthetic", fps=1000, gate_threshold=0), source=source)
+    states = []
+    camera.start()
+    try:
+        assert wait_for(lambda: states.append(camera.status().state) or camera.reconnects == 1)
+        assert wait_for(lambda: states.append(camera.status().state) or (camera.status().state == "online" and camera.frames_read > 12))
+        assert "reconnecting" in states and states[-1] == "online"
+        assert camera.status().last_error is None
+        assert len(camera.mailbox) <= 1
+    finally:
+        camera.stop()
+
+
+def test_a_file_that_ends_says_ended(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), still())
+    camera = CameraCapture("clip", CameraConfig(source=f"file:{tmp_path}", loop=False, realtime=False))
+    camera.start()
+    try:
+        assert wait_for(lambda: camera.status().state == "ended")
+        assert camera.frames_read == 1
+    finally:
+        camera.stop()
+
+
+def test_capture_test_command_reports_in_json() -> None:
+    result = edged("capture", "test", "synthetic", "--frames", "15", "--json", "--fps", "5")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"frames", "width", "height", "fps", "drops", "passed_gate"} <= set(report)
+    assert report["frames"] >= 15 and (report["width"], report["height"]) == (640, 480)
+    assert 1 <= report["passed_gate"] < report["frames"]
