@@ -80,12 +80,15 @@ def test_docs_document_every_key_with_its_default() -> None:
             default = field.default
             if field.default_factory is not None and key in ("device",):
                 shown = "(the host name)"
+            elif field.default_factory is list:
+                shown = "`[]`"
             elif default is PydanticUndefined:
                 shown = "(required)"
             elif isinstance(default, bool):
                 shown = f"`{str(default).lower()}`"
             elif default is None:
                 shown = "(unset)"
+
             elif isinstance(default, (str, Path)):
                 shown = f'`"{default}"`'
             else:
