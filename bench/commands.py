@@ -32,6 +32,12 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     bus.add_argument("--messages", type=int, default=50_000, help="events per side (default 50000)")
     bus.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     bus.set_defaults(handler=_bus)
+    capture = sub.add_parser("capture", help="frames/s and CPU per camera, and a still scene's idle cost",
+                             description="Frames/s and CPU for the synthetic and GStreamer sources at 640x480 and "
+                             "1280x720, and the CPU of a live camera watching a still scene.")
+    capture.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    capture.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    capture.set_defaults(handler=_capture)
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -47,4 +53,12 @@ def _bus(args: argparse.Namespace) -> int:
 
     result = run_bus_bench(messages=args.messages)
     print(as_json(result) if args.as_json else format_table(result))
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from edged.bench.capture import as_json, format_table, run_capture_bench
+
+    runs = run_capture_bench(seconds=args.seconds)
+    print(as_json(runs) if args.as_json else format_table(runs))
     return 0

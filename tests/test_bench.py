@@ -25,3 +25,10 @@ def test_bench_bus_runs_and_reports_every_figure() -> None:
     report = json.loads(result.stdout)
     for key in ("publish_msg_s", "raw_msg_s", "publish_ratio", "ask_p50_ms", "ask_p99_ms"):
         assert report[key] > 0, key
+
+
+def test_bench_capture_runs_and_reports_every_camera() -> None:
+    result = edged("bench", "capture", "--seconds", "0.5", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert len(runs) == 5 and all(run["frames_per_s"] > 0 for run in runs)
