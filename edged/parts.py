@@ -30,14 +30,19 @@ class Part(Protocol):
 class Pulse:
     """A part's handle for saying it made progress; cheap enough to call in a hot loop."""
 
-    __slots__ = ("name", "last")
+    __slots__ = ("name", "last", "active")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.last = time.monotonic()
+        self.active = True
 
     def beat(self) -> None:
         self.last = time.monotonic()
+
+    def retire(self) -> None:
+        """This worker has finished for good (a file that ended): stop watching it."""
+        self.active = False
 
 
 class ProgressMonitor:
@@ -59,7 +64,7 @@ class ProgressMonitor:
     def stalled(self, longer_than: float) -> list[str]:
         """Parts that have not beaten for more than ``longer_than`` seconds."""
         now = time.monotonic()
-        return [p.name for p in self._pulses if now - p.last > longer_than]
+        return [p.name for p in self._pulses if p.active and now - p.last > longer_than]
 
 
 PartsFactory = Callable[[Settings, ProgressMonitor], list[Part]]

@@ -42,8 +42,10 @@ STATUS_REFRESH_S = 5.0
 def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     """The daemon's parts, in start order (they stop in reverse)."""
     from edged.bus.part import BusPart
+    from edged.capture.part import CapturePart
 
-    return [BusPart(settings, monitor)]
+    capture = CapturePart(settings, monitor)
+    return [capture, BusPart(settings, monitor, cameras=capture.statuses)]
 
 
 def serve(

@@ -22,7 +22,7 @@ def write_config(path: Path, text: str) -> Path:
 def test_run_with_no_config_reports_ready_and_its_status(start_daemon, notify_socket: NotifySocket) -> None:
     daemon = start_daemon()
     ready = notify_socket.wait_for("READY", "1")
-    assert ready["STATUS"] == "bus: 0 requests in progress"
+    assert ready["STATUS"] == "no cameras; bus: 0 requests in progress"
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -108,7 +108,7 @@ def test_sighup_reloads_config_and_new_values_take_effect(
     daemon.send(signal.SIGHUP)
     reloading = notify_socket.wait_for("RELOADING", "1")
     assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "bus: 0 requests in progress"
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "no cameras; bus: 0 requests in progress"
 
     events = [json.loads(line) for line in daemon.log().splitlines()]
     reloaded = next(e for e in events if e["event"] == "config reloaded")
@@ -138,7 +138,7 @@ def test_invalid_config_on_reload_keeps_the_running_config(
     rejected = [e for e in events if e["event"] == "config reload rejected"]
     assert [e["problem"] for e in rejected] == [f"{config}: cameras.front.fps: must be greater than 0, got -1"]
     # Still at level info after the rejected reload: the stop is logged.
-    assert [e["event"] for e in events][-3:] == ["stop requested", "stopping part", "stopped"]
+    assert [e["event"] for e in events][-4:] == ["stop requested", "stopping part", "stopping part", "stopped"]
 
 
 def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
@@ -152,7 +152,7 @@ def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
     assert "rejected" in notify_socket.wait_for("READY", "1")["STATUS"]
     write_config(config, "[model]\nthreads = 2\n")
     daemon.send(signal.SIGHUP)
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "bus: 0 requests in progress"
+    assert notify_socket.wait_for("READY", "1")["STATUS"] == "no cameras; bus: 0 requests in progress"
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -194,5 +194,29 @@ def test_the_running_daemon_answers_status_and_publishes_it(start_daemon, notify
     asked = edged("ask", "--endpoint", daemon.control, "--timeout", "10", "Anyone there?")
     assert asked.returncode == 1
     assert "unavailable" in asked.stderr
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_status_shows_each_camera_and_a_lost_one_reconnecting(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    from conftest import edged
+
+    config = write_config(tmp_path / "edged.toml", f"""
+[cameras.front]
+source = "synthetic"
+[cameras.yard]
+source = "file:{tmp_path}/not-there.mp4"
+""")
+    daemon = start_daemon("--config", str(config))
+    ready = notify_socket.wait_for("READY", "1")
+    assert ready["STATUS"].startswith("2 cameras: front ")
+    deadline = time.monotonic() + 15
+    while True:
+        status = json.loads(edged("status", "--endpoint", daemon.control, "--json", "--timeout", "10").stdout)
+        if status["cameras"]["front"]["state"] == "online" and status["cameras"]["yard"]["state"] == "reconnecting":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert "not-there.mp4: no such file" in status["cameras"]["yard"]["last_error"]
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
-from edged.bus.schema import Status
+from edged.bus.schema import CameraStatus, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
 from edged.config import Settings
 from edged.models.installed import ModelSelectionError, choose_model
@@ -18,8 +19,10 @@ log = structlog.get_logger()
 class BusPart:
     name = "bus"
 
-    def __init__(self, settings: Settings, monitor: ProgressMonitor, handler: RequestHandler | None = None) -> None:
+    def __init__(self, settings: Settings, monitor: ProgressMonitor, handler: RequestHandler | None = None,
+                 cameras: Callable[[], dict[str, CameraStatus]] = dict) -> None:
         self._settings = settings
+        self._cameras = cameras
         self._started = time.monotonic()
         try:
             self._model: str | None = choose_model(settings.model).path.name
@@ -45,6 +48,6 @@ class BusPart:
 
     def status(self) -> Status:
         return Status(
-            uptime_s=round(time.monotonic() - self._started, 1), model=self._model,
+            uptime_s=round(time.monotonic() - self._started, 1), model=self._model, cameras=self._cameras(),
             queue_depth=self.server.in_progress, requests_busy=self.server.busy_refusals,
         )

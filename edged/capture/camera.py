@@ -25,12 +25,13 @@ FIRST_RETRY_S = 0.5
 
 class CameraCapture:
     def __init__(self, name: str, config: CameraConfig, beat: Callable[[], None] = lambda: None,
-                 beat_every: float = 1.0, source: FrameSource | None = None) -> None:
+                 beat_every: float = 1.0, source: FrameSource | None = None,
+                 retire: Callable[[], None] = lambda: None) -> None:
         self.name, self.config = name, config
         self.mailbox = FrameMailbox()
         self.pipeline = FramePipeline(config)
         self._source = source
-        self._beat, self._beat_every = beat, beat_every
+        self._beat, self._beat_every, self._retire = beat, beat_every, retire
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{name}", daemon=True)
         self.state = "offline"
@@ -71,6 +72,7 @@ class CameraCapture:
                 self._read(source)
             except SourceEnded:
                 self.state = "ended"
+                self._retire()
                 log.info("camera source ended", camera=self.name, source=self._label)
                 return
             except SourceError as error:
