@@ -130,8 +130,6 @@ class FakePicamera2:
             return rgb[..., ::-1].copy()  # picamera2's RGB888 is B, G, R in memory
         if fmt == "XRGB8888":
             return np.dstack([rgb[..., ::-1], np.full((height, width), 255, np.uint8)])
-        if fmt == "NV12":
-            return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # same size as NV12; see below
         raise AssertionError(fmt)
 
     def stop(self) -> None:
@@ -159,10 +157,10 @@ def test_picamera2_frames_come_out_rgb_whatever_the_sensor_format(fake_picamera2
     assert tuple(frame[0, 0]) == (200, 30, 40)
 
 
-def test_picamera2_yuv_frames_are_converted(fake_picamera2) -> None:
+def test_picamera2_yuv_frames_are_converted(fake_picamera2, monkeypatch: pytest.MonkeyPatch) -> None:
     source = Picamera2Source(64, 48, pixel_format="YUV420")
-    FakePicamera2.capture_array = lambda self, stream="main": cv2.cvtColor(  # type: ignore[method-assign]
-        np.full((48, 64, 3), (200, 30, 40), np.uint8), cv2.COLOR_RGB2YUV_I420)
+    monkeypatch.setattr(FakePicamera2, "capture_array", lambda self, stream="main": cv2.cvtColor(
+        np.full((48, 64, 3), (200, 30, 40), np.uint8), cv2.COLOR_RGB2YUV_I420))
     source.open()
     frame = source.read(timeout=1)
     assert np.abs(frame[10, 10].astype(int) - (200, 30, 40)).max() < 12
@@ -271,3 +269,25 @@ def test_capture_test_command_reports_in_json() -> None:
     assert {"frames", "width", "height", "fps", "drops", "passed_gate"} <= set(report)
     assert report["frames"] >= 15 and (report["width"], report["height"]) == (640, 480)
     assert 1 <= report["passed_gate"] < report["frames"]
+
+
+def test_picamera2_nv12_frames_are_converted(fake_picamera2, monkeypatch: pytest.MonkeyPatch) -> None:
+    rgb = np.full((48, 64, 3), (30, 160, 220), np.uint8)
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    y, u, v = i420[:48], i420[48:60].reshape(-1), i420[60:72].reshape(-1)
+    nv12 = np.vstack([y, np.column_stack([u, v]).reshape(24, 64)])  # NV12: Y, then U and V interleaved
+    monkeypatch.setattr(FakePicamera2, "capture_array", lambda self, stream="main": nv12)
+    source = Picamera2Source(64, 48, pixel_format="NV12")
+    source.open()
+    frame = source.read(timeout=1)
+    assert np.abs(frame[20, 20].astype(int) - (30, 160, 220)).max() < 12
+
+
+def test_masked_frames_hash_the_same_whatever_happens_under_the_mask() -> None:
+    config = CameraConfig(source="synthetic", fps=1000, gate_threshold=0, masks=[[(0, 0), (0.5, 0), (0.5, 1), (0, 1)]])
+    pipeline = FramePipeline(config)
+    busy = still()
+    busy[:, :60] = 255
+    a = Frame(pipeline.process(still(), now=0), "c", 0, 0.0, 0.0)
+    b = Frame(pipeline.process(busy, now=1), "c", 1, 1.0, 1.0)
+    assert a.hash == b.hash
