@@ -118,6 +118,14 @@ class FakePicamera2:
     def start(self) -> None:
         self.started = True
 
+    def capture_arrays(self, names: list[str]) -> tuple[list[np.ndarray], dict]:
+        assert names == ["main", "lores"] and self.config["lores"]["format"] == "YUV420"
+        width, height = self.config["lores"]["size"]
+        lores = np.full((height * 3 // 2, width), self.lores_level, np.uint8)
+        return [self.capture_array("main"), lores], {}
+
+    lores_level = 100
+
     def capture_array(self, stream: str = "main") -> np.ndarray:
         assert self.started and stream == "main"
         width, height = self.config["main"]["size"]
@@ -291,3 +299,16 @@ def test_masked_frames_hash_the_same_whatever_happens_under_the_mask() -> None:
     a = Frame(pipeline.process(still(), now=0), "c", 0, 0.0, 0.0)
     b = Frame(pipeline.process(busy, now=1), "c", 1, 1.0, 1.0)
     assert a.hash == b.hash
+
+
+def test_picamera2_gates_on_its_low_resolution_stream(fake_picamera2, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = Picamera2Source(64, 48, pixel_format="RGB888")
+    camera = CameraCapture("pi", CameraConfig(source="picamera2", fps=1000), source=source)
+    source.open()
+    passed = []
+    for level in (100, 100, 100, 200, 200):  # the main stream never changes; lores does
+        monkeypatch.setattr(FakePicamera2, "lores_level", level)
+        rgb = source.read(timeout=1)
+        passed.append(camera.pipeline.process(rgb, now=len(passed), grey=source.gate_luma) is not None)
+    source.close()
+    assert passed == [True, False, False, True, False]

@@ -108,6 +108,6 @@ class CameraCapture:
             self.source_size = (rgb.shape[1], rgb.shape[0])
             seq = self.frames_read
             self.frames_read += 1
-            model_frame = self.pipeline.process(rgb, now)
+            model_frame = self.pipeline.process(rgb, now, getattr(source, "gate_luma", None))
             if model_frame is not None:
                 self.mailbox.put(Frame(rgb=model_frame, camera=self.name, seq=seq, monotonic=now, wall=time.time()))

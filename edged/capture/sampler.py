@@ -62,14 +62,14 @@ class ChangeGate:
         self._last: np.ndarray | None = None
 
     @staticmethod
-    def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    def thumbnail(grey: np.ndarray) -> np.ndarray:
         import cv2
 
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         return cv2.resize(grey, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
 
-    def passes(self, rgb: np.ndarray) -> bool:
-        thumbnail = self.thumbnail(rgb)
+    def passes(self, grey: np.ndarray) -> bool:
+        """``grey``: the frame as a grey image, any size (a camera's low-resolution stream will do)."""
+        thumbnail = self.thumbnail(grey)
         if self._last is not None and self.threshold > 0:
             if float(np.abs(thumbnail - self._last).mean()) < self.threshold:
                 return False
@@ -95,29 +95,35 @@ class FramePipeline:
     def __init__(self, config) -> None:  # a CameraConfig
         self.config = config
         self.gate = ChangeGate(config.gate_threshold)
-        self._mask: np.ndarray | None = None
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
         self._last_passed: float | None = None
         self.skipped_fps = 0
         self.skipped_gate = 0
         self.passed = 0
 
-    def masked(self, rgb: np.ndarray) -> np.ndarray:
-        """The frame with every privacy polygon blacked out (before anything else sees it)."""
+    def masked(self, image: np.ndarray) -> np.ndarray:
+        """The image (RGB or grey, any size) with every privacy polygon blacked out."""
         if not self.config.masks:
-            return rgb
-        if self._mask is None or self._mask.shape != rgb.shape[:2]:
-            self._mask = polygon_mask(rgb.shape[:2], self.config.masks)
-        rgb = rgb.copy()
-        rgb[self._mask] = 0
-        return rgb
+            return image
+        shape = image.shape[:2]
+        mask = self._masks.get(shape)
+        if mask is None:
+            mask = self._masks[shape] = polygon_mask(shape, self.config.masks)
+        image = image.copy()
+        image[mask] = 0
+        return image
 
-    def process(self, rgb: np.ndarray, now: float) -> np.ndarray | None:
-        """The frame to send on to the model, or None when the cap or the gate holds it back."""
-        rgb = self.masked(rgb)
+    def process(self, rgb: np.ndarray, now: float, grey: np.ndarray | None = None) -> np.ndarray | None:
+        """The frame to send on to the model, or None when the cap or the gate holds it back.
+        ``grey``: the camera's own low-resolution grey image of the frame, when it has one."""
+        import cv2
+
+        rgb = self.masked(rgb)  # before anything else, the gate included, sees the frame
         if self._last_passed is not None and now - self._last_passed < 1 / self.config.fps:
             self.skipped_fps += 1
             return None
-        if not self.gate.passes(rgb):
+        grey = self.masked(grey) if grey is not None else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if not self.gate.passes(grey):
             self.skipped_gate += 1
             return None
         self._last_passed = now

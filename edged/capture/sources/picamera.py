@@ -1,6 +1,7 @@
 """Raspberry Pi cameras through picamera2 (imported only when a camera uses it).
 
-A main stream at the requested size for the model, RGB whatever the sensor delivers:
+A low-resolution stream for change gating, and a main stream at the requested size for the
+model, RGB whatever the sensor delivers:
 picamera2's "RGB888" is B, G, R in memory, "XRGB8888" has a fourth byte, and YUV formats
 (NV12, YUV420) are converted.
 """
@@ -11,6 +12,7 @@ import numpy as np
 
 from edged.capture.sources import SourceError
 
+LORES_SIZE = (320, 240)
 INSTALL_HINT = (
     "picamera2 is not installed: on Raspberry Pi OS, apt install python3-picamera2 (it brings "
     "libcamera), and run edged from a venv made with --system-site-packages"
@@ -38,6 +40,7 @@ class Picamera2Source:
         self.size = (width, height)
         self.pixel_format, self.camera = pixel_format, camera
         self._picam = None
+        self.gate_luma: np.ndarray | None = None
 
     def open(self) -> None:
         try:
@@ -48,7 +51,7 @@ class Picamera2Source:
             self._picam = Picamera2(self.camera)
             config = self._picam.create_video_configuration(
                 main={"size": self.size, "format": self.pixel_format},
-                lores={"size": (320, 240), "format": "YUV420"},  # for cheap change gating later
+                lores={"size": LORES_SIZE, "format": "YUV420"},
             )
             self._picam.configure(config)
             self._picam.start()
@@ -58,10 +61,13 @@ class Picamera2Source:
 
     def read(self, timeout: float) -> np.ndarray | None:
         try:
-            array = self._picam.capture_array("main")  # type: ignore[union-attr]
+            (main, lores), _metadata = self._picam.capture_arrays(["main", "lores"])  # type: ignore[union-attr]
         except Exception as error:
             raise SourceError(f"picamera2: {error}") from None
-        return to_rgb(array, self.pixel_format, self.size)
+        # The low-resolution stream's Y plane is a ready-made grey image for change gating:
+        # the ISP has already scaled it, so the Pi's CPU does not have to.
+        self.gate_luma = lores[: LORES_SIZE[1], : LORES_SIZE[0]]
+        return to_rgb(main, self.pixel_format, self.size)
 
     def close(self) -> None:
         if self._picam is not None:
