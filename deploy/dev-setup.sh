@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libsystemd-dev + pkg-config: systemd-python builds against them.
-# systemd: systemd-analyze, systemd-journald, systemd-sysusers and systemd-tmpfiles, used by tests.
+# systemd: systemd-analyze, systemd-journald, systemd-sysusers and systemd-tmpfiles, used by tests;
+# debootstrap: the deploy tests install edged into a fresh Debian bookworm.
 # python3-gi + gir1.2-gst*: GStreamer's Python bindings come from Debian, so the venv sees
 # system packages; the plugins give V4L2, RTSP and the test sources.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libsystemd-dev pkg-config systemd util-linux python3-gi
               gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
-              gstreamer1.0-plugins-good)
+              gstreamer1.0-plugins-good debootstrap)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

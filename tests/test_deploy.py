@@ -1,0 +1,161 @@
+"""deploy/install.sh: a real install into a debootstrap'd Debian bookworm chroot, and its
+upgrade, uninstall and purge paths into a prefix. Needs root (debootstrap, chroot, mounts);
+CI runs as root and runs these."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, needs_root
+
+INSTALL = REPO / "deploy/install.sh"
+
+
+def run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file outside the venv, with its content hash and mode."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "/opt/edged/venv/" not in str(path):
+            files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest() + oct(path.stat().st_mode)
+    return files
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs_root()
+    prefix = tmp_path_factory.mktemp("prefix")
+    run("--prefix", str(prefix), "--board", "jetson", "--model", str(REPO / "models/tiny/text-int4"))
+    return prefix
+
+
+def test_install_puts_user_units_config_venv_and_model_in_place(installed: Path) -> None:
+    assert (installed / "etc/systemd/system/edged.service").read_bytes() == (REPO / "systemd/edged.service").read_bytes()
+    assert (installed / "etc/systemd/system/edged.service.d/jetson.conf").is_file()
+    assert any(line.startswith("edged:") for line in (installed / "etc/passwd").read_text().splitlines())
+    assert (installed / "var/lib/edged").is_dir() and (installed / "etc/edged/edged.d").is_dir()
+    edged = installed / "opt/edged/venv/bin/edged"
+    config = installed / "etc/edged/edged.toml"
+    check = subprocess.run([str(edged), "config", "check", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert 'path = "auto"' in config.read_text()  # a model was given, so "auto" has one to pick
+    verify = subprocess.run([str(edged), "models", "verify", str(installed / "var/lib/edged/models/edged-tiny-text-int4")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_a_second_run_changes_nothing(installed: Path) -> None:
+    before = snapshot(installed)
+    result = run("--prefix", str(installed), "--board", "jetson", "--model", str(REPO / "models/tiny/text-int4"))
+    assert result.stdout.strip().endswith("nothing to change")
+    assert snapshot(installed) == before
+
+
+def test_an_upgrade_keeps_an_edited_config_and_the_state(installed: Path) -> None:
+    config = installed / "etc/edged/edged.toml"
+    config.write_text(config.read_text() + "\n[cameras.front]\nsource = \"v4l2:/dev/video0\"\n")
+    edited = config.read_text()
+    (installed / "var/lib/edged/sessions").mkdir(exist_ok=True)
+    (installed / "var/lib/edged/sessions/kept.safetensors").write_bytes(b"state")
+    (installed / "etc/systemd/system/edged.service").write_text("an older unit")
+    result = run("--prefix", str(installed), "--board", "jetson")
+    assert "1 change(s)" in result.stdout  # the unit, and nothing else
+    assert config.read_text() == edited
+    assert (installed / "var/lib/edged/sessions/kept.safetensors").read_bytes() == b"state"
+
+
+def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> None:
+    needs_root()
+    result = run("--prefix", str(tmp_path), "--board", "rpi", "--dry-run")
+    assert "would: /usr/bin/python3 -m venv --system-site-packages" in result.stdout
+    assert "change(s) would be made" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_raspberry_pi_gets_picamera2_from_apt() -> None:
+    needs_root()
+    apt = run("--board", "rpi", "--dry-run")  # at / : shows the apt step, changes nothing
+    assert "python3-picamera2" in apt.stdout and "python3-libcamera" in apt.stdout
+
+
+def test_uninstall_keeps_config_and_state_and_purge_removes_everything(tmp_path: Path) -> None:
+    needs_root()
+    run("--prefix", str(tmp_path), "--board", "generic")
+    run("--prefix", str(tmp_path), "--uninstall")
+    assert not (tmp_path / "opt/edged").exists() and not (tmp_path / "etc/systemd/system/edged.service").exists()
+    assert (tmp_path / "etc/edged/edged.toml").is_file() and (tmp_path / "var/lib/edged").is_dir()
+    run("--prefix", str(tmp_path), "--uninstall", "--purge")
+    assert not (tmp_path / "etc/edged").exists() and not (tmp_path / "var/lib/edged").exists()
+    assert not any(line.startswith("edged:") for line in (tmp_path / "etc/passwd").read_text().splitlines())
+
+
+# -- a real Debian bookworm, as a device would be -----------------------------------------------
+
+
+CHROOT_SCRIPT = """
+set -e
+root="$1"
+for dir in proc dev sys; do mkdir -p "$root/$dir"; done
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount -t sysfs sys "$root/sys"
+# This machine's network as the chroot sees it: name resolution, and the trust store (the
+# registries may be reached through an inspecting proxy whose CA only the host trusts).
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+env=(/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
+chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
+    --model /src/edged/models/tiny/text-int4 > "$root/install-1.log" 2>&1
+chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
+    --model /src/edged/models/tiny/text-int4 > "$root/install-2.log" 2>&1
+chroot "$root" /opt/edged/venv/bin/edged config check /etc/edged/edged.toml > "$root/check.log" 2>&1
+chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --uninstall > "$root/uninstall.log" 2>&1
+"""
+
+
+@pytest.fixture(scope="module")
+def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs_root()
+    assert shutil.which("debootstrap"), "debootstrap is needed (apt install debootstrap; CI installs it)"
+    root = tmp_path_factory.mktemp("bookworm") / "root"
+    subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,systemd,ca-certificates,git",
+                    "bookworm", str(root), "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=900)
+    source = root / "src/edged"
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", CHROOT_SCRIPT, "-", str(root)],
+                            capture_output=True, text=True, timeout=1500)
+    logs = {name: (root / name).read_text() if (root / name).exists() else "" for name in
+            ("install-1.log", "install-2.log", "check.log", "uninstall.log")}
+    assert result.returncode == 0, f"{result.stderr[-2000:]}\n" + "\n".join(f"--- {k}\n{v[-3000:]}" for k, v in logs.items())
+    return root
+
+
+@pytest.mark.root
+def test_install_sh_in_a_bookworm_chroot_installs_runs_again_and_uninstalls(bookworm: Path) -> None:
+    first = (bookworm / "install-1.log").read_text()
+    assert "installing edged for board 'generic' into /" in first
+    assert "systemd is not running here" in first
+    assert (bookworm / "install-2.log").read_text().strip().endswith("nothing to change")
+    assert "valid" in (bookworm / "check.log").read_text()
+    assert any(line.startswith("edged:") for line in (bookworm / "etc/passwd").read_text().splitlines())
+    assert (bookworm / "var/lib/edged/models/edged-tiny-text-int4/edged-model.json").is_file()
+    # uninstalled: the software is gone, config and state are kept
+    assert not (bookworm / "opt/edged").exists()
+    assert (bookworm / "etc/edged/edged.toml").is_file()
+    assert "kept /etc/edged and /var/lib/edged" in (bookworm / "uninstall.log").read_text()
