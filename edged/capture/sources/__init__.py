@@ -7,6 +7,7 @@ when the device fails (the capture thread reconnects) and ``SourceEnded`` when a
 from __future__ import annotations
 
 import re
+import time
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +28,27 @@ class FrameSource(Protocol):
         """The next RGB frame, or None when none came within ``timeout`` seconds."""
 
     def close(self) -> None: ...
+
+
+class Pacer:
+    """Releases one frame per ``interval`` seconds, for sources that would otherwise deliver
+    as fast as they are read (files, the synthetic camera). A reader that falls behind
+    catches up by at most one frame, rather than in a burst."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = time.monotonic()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the next frame is due; False if that is more than ``timeout`` away."""
+        delay = self._next - time.monotonic()
+        if delay > timeout:
+            time.sleep(timeout)
+            return False
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + self.interval, time.monotonic() - self.interval)
+        return True
 
 
 def redact(source: str) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from edged.capture.sources import SourceEnded, SourceError
+from edged.capture.sources import Pacer, SourceEnded, SourceError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -22,7 +21,7 @@ class FileSource:
         self._images: list[Path] = []
         self._position = 0
         self._interval = 0.0
-        self._next = 0.0
+        self._pacer: Pacer | None = None
 
     def open(self) -> None:
         import cv2
@@ -41,19 +40,13 @@ class FileSource:
         else:
             raise SourceError(f"{self.path}: no such file or folder")
         self._position = 0
-        self._next = time.monotonic()
+        self._pacer = Pacer(self._interval) if self.realtime else None
 
     def read(self, timeout: float) -> np.ndarray | None:
         import cv2
 
-        if self.realtime:
-            wait = self._next - time.monotonic()
-            if wait > timeout:
-                time.sleep(timeout)
-                return None
-            if wait > 0:
-                time.sleep(wait)
-            self._next += self._interval
+        if self._pacer is not None and not self._pacer.wait(timeout):
+            return None
         if self._images:
             if self._position >= len(self._images):
                 if not self.loop:

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from edged.capture.sources import SourceError
+from edged.capture.sources import Pacer, SourceError
 
 # The object is in view for frames 30-69 of every 100.
 OBJECT_PERIOD, OBJECT_FROM, OBJECT_UNTIL = 100, 30, 70
@@ -55,24 +53,18 @@ class SyntheticSource:
     def __init__(self, width: int, height: int, fps: float = 10.0, realtime: bool = True) -> None:
         self.width, self.height, self.fps, self.realtime = width, height, fps, realtime
         self._index = 0
-        self._next = 0.0
+        self._pacer: Pacer | None = None
         self.fail_at: int | None = None  # tests: raise at this frame index once
 
     def open(self) -> None:
-        self._next = time.monotonic()
+        self._pacer = Pacer(1 / self.fps) if self.realtime else None
 
     def read(self, timeout: float) -> np.ndarray | None:
         if self.fail_at is not None and self._index == self.fail_at:
             self.fail_at = None
             raise SourceError("synthetic fault")
-        if self.realtime:
-            wait = self._next - time.monotonic()
-            if wait > timeout:
-                time.sleep(timeout)
-                return None
-            if wait > 0:
-                time.sleep(wait)
-            self._next = max(self._next + 1 / self.fps, time.monotonic() - 1 / self.fps)
+        if self._pacer is not None and not self._pacer.wait(timeout):
+            return None
         frame = synthetic_frame(self._index, self.width, self.height)
         self._index += 1
         return frame
