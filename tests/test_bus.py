@@ -325,3 +325,25 @@ def test_curve_serves_an_allowed_key_and_refuses_any_other(curve: dict[str, Path
         plain.close(linger=0)
     finally:
         bus.stop()
+
+
+def test_a_daemon_run_by_hand_binds_the_users_runtime_dir_and_clients_find_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: StandInAgent) -> None:
+    import edged.bus.config as bus_config
+
+    locked = tmp_path / "run"  # stands for /run: not writable by this user
+    locked.mkdir()
+    monkeypatch.setattr(bus_config, "SYSTEM_RUNTIME_DIR", locked / "edged")
+    monkeypatch.setattr(bus_config, "_can_create", lambda directory: False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    config = BusConfig(events=f"ipc://{locked}/edged/events.sock", control=f"ipc://{locked}/edged/control.sock",
+                       status_interval_s=3600)
+    bus = BusServer(config, agent, status)
+    bus.start()
+    try:
+        assert bus.control_endpoint == f"ipc://{tmp_path}/user/edged/control.sock"
+        found = bus_config.client_endpoint(config.control)
+        assert found == bus.control_endpoint
+        with Client(found, timeout=5) as client:
+            assert client.status().model == "tiny"
+    finally:
+        bus.stop()

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edged.bus.config import client_endpoint
+
 RAW = argparse.RawDescriptionHelpFormatter
 
 
@@ -73,6 +75,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _bus_config(args: argparse.Namespace):
+    """The [bus] table as the daemon would read it, or None after printing why not."""
     from edged.cli import config_overrides
     from edged.config import ConfigError, load_config
 
@@ -89,7 +92,7 @@ def _watch(args: argparse.Namespace) -> int:
     bus = _bus_config(args)
     if bus is None:
         return 78
-    endpoint = args.endpoint or bus.events
+    endpoint = args.endpoint or client_endpoint(bus.events)
     count = 0
     with Subscriber(endpoint, args.topics or ["edged."], args.server_key, args.key) as events:
         try:
@@ -117,7 +120,7 @@ def _ask(args: argparse.Namespace) -> int:
     if bus is None:
         return 78
     try:
-        with Client(args.endpoint or bus.control, args.timeout, args.server_key, args.key) as client:
+        with Client(args.endpoint or client_endpoint(bus.control), args.timeout, args.server_key, args.key) as client:
             for piece in client.ask(args.question, camera=args.camera, session=args.session):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -135,7 +138,7 @@ def _status(args: argparse.Namespace) -> int:
     if bus is None:
         return 78
     try:
-        with Client(args.endpoint or bus.control, args.timeout, args.server_key, args.key) as client:
+        with Client(args.endpoint or client_endpoint(bus.control), args.timeout, args.server_key, args.key) as client:
             status = client.status()
     except TimeoutError as error:
         print(f"edged status: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -53,3 +54,43 @@ class BusConfig(BaseModel):
         if (self.curve_secret_key is None) != (self.curve_allow is None):
             raise ValueError("curve_secret_key and curve_allow go together")
         return self
+
+
+SYSTEM_RUNTIME_DIR = Path("/run/edged")
+
+
+def _user_runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "edged" if base else Path(f"/tmp/edged-{os.getuid()}")
+
+
+def _can_create(directory: Path) -> bool:
+    if directory.is_dir():
+        return os.access(directory, os.W_OK)
+    return os.access(directory.parent, os.W_OK)
+
+
+def server_endpoint(endpoint: str) -> str:
+    """Where the daemon binds: a default /run/edged socket moves to the user's runtime
+    directory when this user cannot create it (edged run by hand, not by systemd)."""
+    path = _default_ipc_path(endpoint)
+    if path is None or _can_create(path.parent):
+        return endpoint
+    return f"ipc://{_user_runtime_dir() / path.name}"
+
+
+def client_endpoint(endpoint: str) -> str:
+    """Where a client connects: the system socket when it exists, else where a daemon run
+    by this user would have bound it."""
+    path = _default_ipc_path(endpoint)
+    if path is None or path.exists():
+        return endpoint
+    fallback = _user_runtime_dir() / path.name
+    return f"ipc://{fallback}" if fallback.exists() else endpoint
+
+
+def _default_ipc_path(endpoint: str) -> Path | None:
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = Path(endpoint[len("ipc://"):])
+    return path if path.parent == SYSTEM_RUNTIME_DIR else None

@@ -34,7 +34,7 @@ class BusPart:
 
     def start(self) -> None:
         self.server.start()
-        log.info("bus ready", events=self._settings.bus.events, control=self._settings.bus.control)
+        log.info("bus ready", events=self.server.events_endpoint, control=self.server.control_endpoint)
 
     def stop(self) -> None:
         self.server.stop()

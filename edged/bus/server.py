@@ -23,7 +23,7 @@ import structlog
 import zmq
 from pydantic import BaseModel, ValidationError
 
-from edged.bus.config import BusConfig
+from edged.bus.config import BusConfig, server_endpoint
 from edged.bus.schema import EVENT_DATA, OPS, REQUEST, ErrorInfo, Reply, Request, Status, StatusRequest, topic
 from edged.bus.security import curve_server
 
@@ -198,7 +198,9 @@ class BusServer:
         if self.config.curve_secret_key is not None:
             self._authenticator = curve_server(self._context, [events, control], self.config.curve_secret_key,
                                                self.config.curve_allow)  # type: ignore[arg-type]
-        for socket, endpoint in ((events, self.config.events), (control, self.config.control)):
+        self.events_endpoint = server_endpoint(self.config.events)
+        self.control_endpoint = server_endpoint(self.config.control)
+        for socket, endpoint in ((events, self.events_endpoint), (control, self.control_endpoint)):
             try:
                 _bind(socket, endpoint)
             except (zmq.ZMQError, OSError) as error:
