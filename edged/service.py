@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -41,11 +42,29 @@ STATUS_REFRESH_S = 5.0
 
 def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     """The daemon's parts, in start order (they stop in reverse)."""
+    from edged.agent.agent import AgentPart
     from edged.bus.part import BusPart
     from edged.capture.part import CapturePart
 
     capture = CapturePart(settings, monitor)
-    return [capture, BusPart(settings, monitor, cameras=capture.statuses)]
+    agent = AgentPart(settings, monitor, capture)
+    bus = BusPart(settings, monitor, handler=agent, cameras=capture.statuses, figures=agent.status_figures)
+    agent.publish = bus.server.publish
+    return [capture, agent, bus]
+
+
+def with_embedded_demo(loaded: LoadedConfig) -> LoadedConfig:
+    """With no config file and no cameras: a synthetic camera with a demo rule, so a first
+    `edged run` shows the whole daemon working on the bundled model."""
+    if loaded.files or loaded.settings.cameras:
+        return loaded
+    from edged.agent.config import RuleConfig
+    from edged.capture.config import CameraConfig
+
+    demo = CameraConfig(source="synthetic", fps=1.0, describe_every_s=15.0, rules=[
+        RuleConfig(id="red_square", when="Is there a red square in the picture", on_threshold=0.5, off_threshold=0.4)])
+    settings = loaded.settings.model_copy(update={"cameras": {"demo": demo}})
+    return replace(loaded, settings=settings)
 
 
 def serve(
@@ -54,7 +73,7 @@ def serve(
     parts_factory: PartsFactory = build_parts,
 ) -> int:
     """Run the daemon until SIGTERM or SIGINT; the exit status for ``edged run``."""
-    reload_config = lambda: load_config(config, overrides)  # noqa: E731
+    reload_config = lambda: with_embedded_demo(load_config(config, overrides))  # noqa: E731
     try:
         loaded = reload_config()
     except ConfigError as error:

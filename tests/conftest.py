@@ -131,7 +131,7 @@ def start_daemon(tmp_path: Path, notify_socket: NotifySocket) -> Iterator:
         command = list(argv) if argv else [sys.executable, "-m", "edged", "run", *args]
         sockets = tmp_path / f"run{len(daemons)}"  # each daemon's bus on its own ipc sockets
         env = {"EDGED_BUS__EVENTS": f"ipc://{sockets}/events.sock",
-               "EDGED_BUS__CONTROL": f"ipc://{sockets}/control.sock", **env}
+               "EDGED_BUS__CONTROL": f"ipc://{sockets}/control.sock", "EDGED_STATE__DIR": str(sockets / "state"), **env}
         daemon = Daemon(
             command, clean_env(NOTIFY_SOCKET=notify_socket.address, **env), tmp_path / f"daemon{len(daemons)}.log"
         )

@@ -73,6 +73,7 @@ def run_edged_under_journald() -> dict:
     """`edged run` started as systemd would start it, stopped with SIGTERM."""
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     env["INVOCATION_ID"] = "fedcba9876543210fedcba9876543210"
+    env["EDGED_STATE__DIR"] = "/run/edged-state"  # inside this namespace's private /run
     daemon = subprocess.Popen([sys.executable, "-m", "edged", "run"], env=env)
     entries(timeout=20, until="ready", SYSLOG_IDENTIFIER="edged")
     daemon.send_signal(signal.SIGTERM)

@@ -4,6 +4,7 @@ sd_notify datagrams to a socket standing where systemd's would be."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -22,7 +23,9 @@ def write_config(path: Path, text: str) -> Path:
 def test_run_with_no_config_reports_ready_and_its_status(start_daemon, notify_socket: NotifySocket) -> None:
     daemon = start_daemon()
     ready = notify_socket.wait_for("READY", "1")
-    assert ready["STATUS"] == "no cameras; bus: 0 requests in progress"
+    # No config file: the embedded demo (a synthetic camera, the bundled model).
+    assert re.fullmatch(r"1 camera: demo \w+; model edged-tiny-vl-fp32, 0 jobs queued; bus: 0 requests in progress",
+                        ready["STATUS"])
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -108,7 +111,7 @@ def test_sighup_reloads_config_and_new_values_take_effect(
     daemon.send(signal.SIGHUP)
     reloading = notify_socket.wait_for("RELOADING", "1")
     assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "no cameras; bus: 0 requests in progress"
+    assert notify_socket.wait_for("READY", "1")["STATUS"].endswith("bus: 0 requests in progress")
 
     events = [json.loads(line) for line in daemon.log().splitlines()]
     reloaded = next(e for e in events if e["event"] == "config reloaded")
@@ -138,7 +141,8 @@ def test_invalid_config_on_reload_keeps_the_running_config(
     rejected = [e for e in events if e["event"] == "config reload rejected"]
     assert [e["problem"] for e in rejected] == [f"{config}: cameras.front.fps: must be greater than 0, got -1"]
     # Still at level info after the rejected reload: the stop is logged.
-    assert [e["event"] for e in events][-4:] == ["stop requested", "stopping part", "stopping part", "stopped"]
+    names = [e["event"] for e in events]
+    assert names[-1] == "stopped" and "stop requested" in names[names.index("config reload rejected"):]
 
 
 def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
@@ -152,7 +156,7 @@ def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
     assert "rejected" in notify_socket.wait_for("READY", "1")["STATUS"]
     write_config(config, "[model]\nthreads = 2\n")
     daemon.send(signal.SIGHUP)
-    assert notify_socket.wait_for("READY", "1")["STATUS"] == "no cameras; bus: 0 requests in progress"
+    assert notify_socket.wait_for("READY", "1")["STATUS"].endswith("bus: 0 requests in progress")
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -191,9 +195,9 @@ def test_the_running_daemon_answers_status_and_publishes_it(start_daemon, notify
     assert json.loads(status.stdout)["model"] == "vl-fp32"
     watched = edged("watch", "--endpoint", daemon.events, "--count", "2", "--json", "edged.status", timeout=30)
     assert [json.loads(line)["kind"] for line in watched.stdout.splitlines()] == ["status", "status"]
-    asked = edged("ask", "--endpoint", daemon.control, "--timeout", "10", "Anyone there?")
-    assert asked.returncode == 1
-    assert "unavailable" in asked.stderr
+    asked = edged("ask", "--endpoint", daemon.control, "--timeout", "30", "Anyone there?")
+    assert asked.returncode == 0, asked.stderr  # the embedded demo camera, answered by the bundled model
+    assert asked.stdout.strip()
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -20,9 +21,11 @@ class BusPart:
     name = "bus"
 
     def __init__(self, settings: Settings, monitor: ProgressMonitor, handler: RequestHandler | None = None,
-                 cameras: Callable[[], dict[str, CameraStatus]] = dict) -> None:
+                 cameras: Callable[[], dict[str, CameraStatus]] = dict,
+                 figures: Callable[[], dict[str, Any]] = dict) -> None:
         self._settings = settings
         self._cameras = cameras
+        self._figures = figures
         self._started = time.monotonic()
         try:
             self._model: str | None = choose_model(settings.model).path.name
@@ -47,7 +50,8 @@ class BusPart:
         return f"bus: {self.server.in_progress} requests in progress"
 
     def status(self) -> Status:
+        figures = {"queue_depth": self.server.in_progress, **self._figures()}
         return Status(
             uptime_s=round(time.monotonic() - self._started, 1), model=self._model, cameras=self._cameras(),
-            queue_depth=self.server.in_progress, requests_busy=self.server.busy_refusals,
+            requests_busy=self.server.busy_refusals, **figures,
         )

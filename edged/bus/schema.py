@@ -80,6 +80,8 @@ class Status(_Model):
     ttft_ms: float | None = Field(None, description="time to first token, last answer")
     frame_to_event_ms: float | None = None
     drops: int = 0
+    images_encoded: int | None = Field(None, description="pictures the vision encoder has read since start")
+    sessions: int | None = Field(None, description="conversations held in memory")
     detail: str = Field("", description="the daemon's status line, as systemd shows it")
 
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from edged.agent.config import RuleConfig
+
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _SOURCE_FORMS = (
     "picamera2",
@@ -66,6 +68,8 @@ class CameraConfig(BaseModel):
     loop: bool = Field(True, description="file sources: start again at the end")
     realtime: bool = Field(True, description="file and synthetic sources: at their own rate, not as fast as read")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
+    rules: list[RuleConfig] = Field(default_factory=list, description="yes/no conditions watched on new frames")
+    describe_every_s: float = Field(0.0, ge=0, description="a description at most this often, when the scene changed; 0: never")
 
     @field_validator("masks")
     @classmethod

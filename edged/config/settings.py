@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edged.agent.config import AgentConfig
 from edged.bus.config import BusConfig
 from edged.capture.config import CameraConfig, CameraName
 from edged.engine.config import ModelConfig, StateConfig
@@ -28,6 +29,7 @@ class Settings(BaseSettings):
     state: StateConfig = Field(default_factory=StateConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     cameras: dict[CameraName, CameraConfig] = Field(default_factory=dict)
 
     @classmethod

@@ -1,0 +1,1 @@
+"""The agent: rules, descriptions and answers about live frames, from one inference thread."""

@@ -1,0 +1,34 @@
+"""A rule's state over time: begin after N confident evaluations, end below a threshold,
+then a cooldown, so one event marks one occurrence, not every frame of it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from edged.agent.config import RuleConfig
+
+
+class RuleTracker:
+    def __init__(self, rule: RuleConfig) -> None:
+        self.rule = rule
+        self.active = False
+        self.probability: float | None = None
+        self._streak = 0
+        self._quiet_until = 0.0
+
+    def update(self, probability: float, now: float) -> Literal["begin", "end"] | None:
+        """Feed one evaluation; the event it causes, if any."""
+        rule = self.rule
+        self.probability = probability
+        if self.active:
+            if probability <= rule.off_threshold:
+                self.active = False
+                self._streak = 0
+                self._quiet_until = now + rule.cooldown_s
+                return "end"
+            return None
+        self._streak = self._streak + 1 if probability >= rule.on_threshold else 0
+        if self._streak >= rule.consecutive and now >= self._quiet_until:
+            self.active = True
+            return "begin"
+        return None
