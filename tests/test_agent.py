@@ -14,6 +14,8 @@ import pytest
 from conftest import NotifySocket, edged
 
 from edged.capture.sources.synthetic import synthetic_frame
+from edged.agent.agent import DETECTION_SCHEMA, objects_in_pixels
+from edged.bus.schema import Detection
 from edged.client import BusError, Client, Subscriber
 
 
@@ -127,3 +129,32 @@ consecutive = 8
     events.close()
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_detect_returns_objects_with_boxes_in_frame_pixels(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    pictures = one_picture(tmp_path / "pictures")
+    config = write_config(tmp_path / "edged.toml", f"""
+[cameras.door]
+source = "file:{pictures}"
+loop = false
+""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=60) as client:
+        deadline = time.monotonic() + 20
+        while client.status().images_encoded != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        detection = Detection.model_validate(client.call("detect", camera="door"))
+    for found in detection.objects:  # the random tiny model may well see nothing
+        assert all(0 <= v <= 160 for v in found.box[::2]) and all(0 <= v <= 120 for v in found.box[1::2])
+    assert detection.provenance.frame_hash
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_boxes_in_qwen_coordinates_become_frame_pixels() -> None:
+    document = '{"objects":[{"label":"person","count":1,"box":[100,250,500,1000]}]}'
+    jsonschema.validate(json.loads(document), DETECTION_SCHEMA)
+    [person] = objects_in_pixels(document, 640, 480)
+    assert (person.label, person.count, person.box) == ("person", 1, [64, 120, 320, 480])

@@ -9,6 +9,7 @@ needs no generation: its probability is P(yes) from the logits after its questio
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import queue
 import threading
@@ -22,7 +23,7 @@ import structlog
 from pydantic import BaseModel
 
 from edged.agent.rules import RuleTracker
-from edged.bus.schema import Answer, Description, Provenance, Request, RuleEvent
+from edged.bus.schema import Answer, Description, DetectedObject, Detection, Provenance, Request, RuleEvent
 from edged.bus.server import Responder
 from edged.capture.frame import Frame
 from edged.capture.part import CapturePart
@@ -71,6 +72,7 @@ class AgentPart:
         self._trackers = {name: [RuleTracker(rule) for rule in camera.rules]
                           for name, camera in settings.cameras.items()}
         self._last_description: dict[str, float] = {}
+        self._last_detection: dict[str, float] = {}
         self.engine: Engine | None = None
         self.figures: dict[str, Any] = {"tokens_per_s": None, "ttft_ms": None, "frame_to_event_ms": None}
 
@@ -133,6 +135,8 @@ class AgentPart:
             self._jobs.put(_Job(ASK, next(self._order), lambda: self._ask(request, respond)))
         elif op == "describe":
             self._jobs.put(_Job(ASK, next(self._order), lambda: self._describe_now(request, respond)))
+        elif op == "detect":
+            self._jobs.put(_Job(ASK, next(self._order), lambda: self._detect_now(request, respond)))
         elif op == "sessions.drop":
             self._jobs.put(_Job(ASK, next(self._order), lambda: respond.final({"dropped": self._sessions.drop(request.session)})))  # type: ignore[union-attr]
         else:
@@ -191,6 +195,12 @@ class AgentPart:
                 self.publish("rule", frame.camera, event)
                 log.info("rule event", camera=frame.camera, rule=tracker.rule.id, phase=phase,
                          probability=round(probability, 3))
+        every_detect = self._settings.cameras[frame.camera].detect_every_s
+        if every_detect and time.monotonic() - self._last_detection.get(frame.camera, -math.inf) >= every_detect:
+            self._last_detection[frame.camera] = time.monotonic()
+            detection = self._detect(read, None)
+            self.publish("detection", frame.camera, detection)
+            log.info("detection", camera=frame.camera, objects=[o.label for o in detection.objects])
         every = self._settings.cameras[frame.camera].describe_every_s
         if every and time.monotonic() - self._last_description.get(frame.camera, -math.inf) >= every:
             self._last_description[frame.camera] = time.monotonic()
@@ -204,11 +214,12 @@ class AgentPart:
         no = np.exp(logits[self._no] - top).sum()
         return float(yes / (yes + no))
 
-    def _generate(self, state: State, prompt: str, max_tokens: int, respond: Responder | None = None) -> str:
+    def _generate(self, state: State, prompt: str, max_tokens: int, respond: Responder | None = None,
+                  schema: dict[str, Any] | None = None) -> str:
         engine = self.engine
         started = time.perf_counter()
         engine.extend_prompt(state, f"{prompt}{ANSWER}")  # type: ignore[union-attr]
-        generation = engine.generate(state, GenerationOptions(max_tokens=max_tokens))  # type: ignore[union-attr]
+        generation = engine.generate(state, GenerationOptions(max_tokens=max_tokens, json_schema=schema))  # type: ignore[union-attr]
         first = None
         for _, piece in generation:
             first = first or time.perf_counter()
@@ -257,3 +268,45 @@ class AgentPart:
             return
         text = self._generate(read.state.fork(), "Describe the scene in one sentence.", 48)
         respond.final(Description(text=text, provenance=read.provenance))
+
+    def _detect(self, read: _FrameState, labels: list[str] | None) -> Detection:
+        """Objects as JSON constrained to a schema; boxes come in Qwen's 0-1000 coordinates
+        and go out in pixels of the frame the model saw."""
+        only = f" Only these kinds: {', '.join(labels)}." if labels else ""
+        text = self._generate(read.state.fork(), "List the objects you see as JSON: label, count, box [x1, y1, x2, y2] "
+                              f"in 0-1000 coordinates.{only}", 200, schema=DETECTION_SCHEMA)
+        height, width = read.frame.rgb.shape[:2]
+        return Detection(objects=objects_in_pixels(text, width, height), provenance=read.provenance)
+
+    def _detect_now(self, request: Request, respond: Responder) -> None:
+        read = self._latest(request.camera)  # type: ignore[union-attr]
+        if read is None:
+            respond.error("not_found", f"no frame yet from camera {request.camera}")  # type: ignore[union-attr]
+            return
+        respond.final(self._detect(read, request.labels))  # type: ignore[union-attr]
+
+
+def objects_in_pixels(document: str, width: int, height: int) -> list[DetectedObject]:
+    """The model's JSON objects with their 0-1000 boxes scaled to a width x height frame."""
+    objects = []
+    for found in json.loads(document)["objects"]:
+        x1, y1, x2, y2 = found["box"]
+        box = [round(x1 * width / 1000), round(y1 * height / 1000), round(x2 * width / 1000), round(y2 * height / 1000)]
+        objects.append(DetectedObject(label=found["label"], count=found["count"], box=box))
+    return objects
+
+
+_COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
+DETECTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"objects": {"type": "array", "maxItems": 8, "items": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "minLength": 1, "maxLength": 24},
+            "count": {"type": "integer", "minimum": 1, "maximum": 99},
+            "box": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
+        },
+        "required": ["label", "count", "box"], "additionalProperties": False,
+    }}},
+    "required": ["objects"], "additionalProperties": False,
+}

@@ -70,6 +70,7 @@ class CameraConfig(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
     rules: list[RuleConfig] = Field(default_factory=list, description="yes/no conditions watched on new frames")
     describe_every_s: float = Field(0.0, ge=0, description="a description at most this often, when the scene changed; 0: never")
+    detect_every_s: float = Field(0.0, ge=0, description="an object detection at most this often, when the scene changed; 0: never")
 
     @field_validator("masks")
     @classmethod
