@@ -145,7 +145,9 @@ class AgentPart:
     def status_figures(self) -> dict[str, Any]:
         encoded = self.engine.counters.images_encoded if self.engine else None
         sessions = len(self._sessions) if self.engine else None
-        return {"queue_depth": self._jobs.qsize(), "images_encoded": encoded, "sessions": sessions, **self.figures}
+        model = self.engine.manifest.name if self.engine else None
+        return {"queue_depth": self._jobs.qsize(), "model": model, "images_encoded": encoded, "sessions": sessions,
+                **self.figures}
 
     # -- the inference thread ----------------------------------------------------------------
 

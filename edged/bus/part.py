@@ -11,7 +11,6 @@ import structlog
 from edged.bus.schema import CameraStatus, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
 from edged.config import Settings
-from edged.models.installed import ModelSelectionError, choose_model
 from edged.parts import ProgressMonitor
 
 log = structlog.get_logger()
@@ -27,10 +26,6 @@ class BusPart:
         self._cameras = cameras
         self._figures = figures
         self._started = time.monotonic()
-        try:
-            self._model: str | None = choose_model(settings.model).path.name
-        except ModelSelectionError:
-            self._model = None
         pulse = monitor.register(self.name)
         self.server = BusServer(settings.bus, handler or Unavailable(), self.status, beat=pulse.beat,
                                 beat_every=monitor.beat_every)
@@ -52,6 +47,6 @@ class BusPart:
     def status(self) -> Status:
         figures = {"queue_depth": self.server.in_progress, **self._figures()}
         return Status(
-            uptime_s=round(time.monotonic() - self._started, 1), model=self._model, cameras=self._cameras(),
+            uptime_s=round(time.monotonic() - self._started, 1), cameras=self._cameras(),
             requests_busy=self.server.busy_refusals, **figures,
         )
