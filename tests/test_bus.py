@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,6 @@ from edged.bus.schema import (
     RuleEvent,
     Status,
 )
-from edged.bus.security import generate_keys
 from edged.bus.server import BusServer, Responder
 from edged.client import BusError, Client, Subscriber
 
@@ -157,7 +155,7 @@ def test_a_subscriber_that_never_reads_cannot_block_the_publisher(endpoints: Bus
     idle = Subscriber(endpoints.events)  # connected, never reads
     time.sleep(0.2)
     started = time.monotonic()
-    for n in range(50_000):
+    for _ in range(50_000):
         server.publish("description", "front", Description(text="x" * 150))
     assert client.status().model == "tiny"  # the bus thread is still serving requests
     assert time.monotonic() - started < 30

@@ -18,7 +18,7 @@ from conftest import edged
 from edged.capture.camera import CameraCapture
 from edged.capture.config import CameraConfig
 from edged.capture.frame import Frame
-from edged.capture.sampler import ChangeGate, FrameMailbox, FramePipeline, fit_to_budget
+from edged.capture.sampler import FrameMailbox, FramePipeline, fit_to_budget
 from edged.capture.sources import SourceEnded, SourceError, open_source, redact
 from edged.capture.sources.file import FileSource
 from edged.capture.sources.gstreamer import GStreamerSource, pipeline_for

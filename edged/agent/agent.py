@@ -161,14 +161,14 @@ class AgentPart:
             if job is not None:
                 self._safely(job.run)
                 continue
-            for name, camera in self._capture.cameras.items():
+            for camera in self._capture.cameras.values():
                 frame = camera.mailbox.take(timeout=0)
                 if frame is not None:
-                    self._safely(lambda: self._on_frame(frame))
+                    self._safely(self._on_frame, frame)
 
-    def _safely(self, work: Callable[[], None]) -> None:
+    def _safely(self, work: Callable[..., None], *args: Any) -> None:
         try:
-            work()
+            work(*args)
         except Exception:  # one bad job must not stop inference
             log.exception("inference job failed")
 

@@ -53,14 +53,13 @@ def _test(args: argparse.Namespace) -> int:
     camera = CameraCapture("test", config)
     camera.start()
     started = time.monotonic()
-    taken, saved, size = 0, 0, None
+    saved = 0
     while camera.frames_read < args.frames and time.monotonic() - started < args.timeout:
         if camera.state == "ended":
             break
         frame = camera.mailbox.take(timeout=0.2)
         if frame is None:
             continue
-        taken += 1
         if args.save and saved < 5:
             args.save.mkdir(parents=True, exist_ok=True)
             write_png(args.save / f"frame-{frame.seq:05d}.png", frame.rgb)
