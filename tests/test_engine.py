@@ -154,6 +154,20 @@ def test_prefix_state_plus_suffix_gives_the_whole_prompt_tokens(text_fp32: Engin
     assert greedy(text_fp32, continued) == greedy(text_fp32, whole)
 
 
+@pytest.mark.parametrize("package", ["vl-fp32", "vl-int4"])
+def test_a_prompt_run_in_pieces_gives_the_tokens_of_one_call(package: str, picture: Path, second_picture: Path) -> None:
+    """Long prompts run in prefill_chunk pieces to bound memory; pieces of 5 tokens cut
+    through both pictures' tokens here, and must change nothing."""
+    whole, pieces = Engine(TINY / package), Engine(TINY / package, prefill_chunk=5)
+    prompt = image_prompt(whole, "What do both show?", images=2)
+    one, many = whole.new_state(), pieces.new_state()
+    whole.extend_prompt(one, prompt, [picture, second_picture])
+    pieces.extend_prompt(many, prompt, [picture, second_picture])
+    assert pieces.counters.decoder_runs == -(-len(many.tokens) // 5)
+    np.testing.assert_allclose(many.logits, one.logits, atol=1e-4, rtol=0)
+    assert greedy(pieces, many) == greedy(whole, one)
+
+
 def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(any_vl: Engine, picture: Path) -> None:
     head = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
     questions = ["Is there a person?<|im_end|>\n<|im_start|>assistant\n",

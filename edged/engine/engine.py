@@ -64,8 +64,11 @@ class EngineCounters:
 class Engine:
     """A loaded model package. Owned by one thread; ``cancel`` events may come from any."""
 
-    def __init__(self, package: Path, threads: int = 0, provider: str | None = None, max_length: int = 2048) -> None:
-        """``provider`` is "cpu" or "cuda"; by default the package's target, when present."""
+    def __init__(self, package: Path, threads: int = 0, provider: str | None = None, max_length: int = 2048,
+                 prefill_chunk: int = 256) -> None:
+        """``provider`` is "cpu" or "cuda"; by default the package's target, when present.
+        Prompts longer than ``prefill_chunk`` tokens run in pieces of that many: the same
+        result as one call, with the activations of one piece held at a time."""
         import onnxruntime_genai as og
 
         self.package = Path(package)
@@ -75,11 +78,15 @@ class Engine:
             provider = "cuda" if self.manifest.target == "cuda" and cuda else "cpu"
         self.fingerprint = self.manifest.fingerprint
         self.max_length = max_length
+        self.prefill_chunk = prefill_chunk
         self.counters = EngineCounters()
         config = json.loads((self.package / "genai_config.json").read_text())["model"]
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
         self._options.inter_op_num_threads = 1
+        # Without the arena a long prompt's activations go back to the allocator when the
+        # call ends, instead of staying reserved for the life of the process (-25 MB at 0.8B).
+        self._options.enable_cpu_mem_arena = False
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
         self.decoder = self._session(config["decoder"]["filename"])
@@ -204,6 +211,13 @@ class Engine:
             )
 
     def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
+        """``ids`` on top of ``state``, in pieces of at most ``prefill_chunk`` tokens."""
+        for start in range(0, len(ids), self.prefill_chunk):
+            end = start + self.prefill_chunk
+            self._run_once(state, ids[start:end], np.ascontiguousarray(positions[:, :, start:end]),
+                           None if embeds is None else embeds[:, start:end])
+
+    def _run_once(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
         """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""
         total = len(state.tokens) + len(ids)
         binding = self.decoder.io_binding()
