@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from edged.bus.schema import EVENT, Answer, Event, Reply, Status
+from edged.bus.schema import EVENT, Answer, Event, Reply, Snapshot, Status
 from edged.bus.security import curve_client
 
 
@@ -135,6 +135,10 @@ class Client:
 
     def status(self) -> Status:
         return Status.model_validate(self.call("status"))
+
+    def snapshot(self, camera: str, image_format: str = "jpeg") -> Snapshot:
+        """The newest frame the model saw from ``camera``, boxes and rule states drawn on it."""
+        return Snapshot.model_validate(self.call("snapshot", camera=camera, format=image_format))
 
     def close(self) -> None:
         self._socket.close()

@@ -14,8 +14,8 @@ import pytest
 from conftest import NotifySocket, edged
 
 from edged.capture.sources.synthetic import synthetic_frame
-from edged.agent.agent import DETECTION_SCHEMA, objects_in_pixels
-from edged.bus.schema import Detection
+from edged.agent.tasks import DETECTION_SCHEMA, objects_in_pixels
+from edged.bus.schema import Detection, Snapshot
 from edged.client import BusError, Client, Subscriber
 
 
@@ -28,6 +28,17 @@ def one_picture(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(folder / "door.png"), cv2.cvtColor(synthetic_frame(40, 160, 120), cv2.COLOR_RGB2BGR))
     return folder
+
+
+def wait_for_frame(client: Client, camera: str, timeout: float = 20) -> Snapshot:
+    """The camera's first frame as the agent has it (snapshot says not_found until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.snapshot(camera)
+        except BusError as error:
+            assert error.code == "not_found" and time.monotonic() < deadline, error
+            time.sleep(0.05)
 
 
 def test_rule_events_arrive_valid_with_provenance(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
@@ -70,10 +81,8 @@ loop = false
     daemon = start_daemon("--config", str(config))
     notify_socket.wait_for("READY", "1")
     with Client(daemon.control, timeout=30) as client:
-        deadline = time.monotonic() + 20
-        while client.status().images_encoded != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for_frame(client, "door")
+        assert client.status().images_encoded == 0  # no rule needs the frame: not read until asked
         first = client.ask("What is in the picture?", camera="door", session="s1", max_tokens=8)
         assert "".join(first) and first.final.session == "s1"
         follow_up = client.ask("And what colour is it?", session="s1", max_tokens=8)
@@ -141,10 +150,7 @@ loop = false
     daemon = start_daemon("--config", str(config))
     notify_socket.wait_for("READY", "1")
     with Client(daemon.control, timeout=60) as client:
-        deadline = time.monotonic() + 20
-        while client.status().images_encoded != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for_frame(client, "door")
         detection = Detection.model_validate(client.call("detect", camera="door"))
     for found in detection.objects:  # the random tiny model may well see nothing
         assert all(0 <= v <= 160 for v in found.box[::2]) and all(0 <= v <= 120 for v in found.box[1::2])

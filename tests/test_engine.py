@@ -228,6 +228,17 @@ def test_extend_past_max_length_fails_clearly_and_runs_nothing() -> None:
     np.testing.assert_array_equal(state.logits, before[1])
 
 
+def test_an_answer_that_fills_the_state_ends_with_reason_length() -> None:
+    engine = Engine(TINY / "text-int4", max_length=16)
+    state = engine.new_state()
+    engine.extend(state, list(range(10)))
+    generation = engine.generate(state, GenerationOptions(max_tokens=100)).run()
+    assert generation.finish_reason == "length"
+    assert len(generation.tokens) == 7 and len(state.tokens) == 16  # the 7th waits, pending
+    with pytest.raises(ContextFullError):
+        engine.extend(state, [1])
+
+
 def test_text_package_refuses_images(text_fp32: Engine, picture: Path) -> None:
     with pytest.raises(EngineError, match="text-only package"):
         text_fp32.extend_prompt(text_fp32.new_state(), "<|image_pad|>", [picture])

@@ -1,58 +1,42 @@
-"""The agent: one inference thread owns the engine and every state, and serves, in order of
-priority, questions from the bus, then the rules of each new frame, then descriptions.
+"""The agent: one inference thread owns the engine and every state, and works through a
+queue in order of priority: config changes, requests from the bus, the rules of each new
+frame, then detections and descriptions (scheduler.py).
 
-Each frame is read once: the system prompt's state (a saved prefix) is forked and extended
-with the image, and every rule and question about that frame forks the result. A rule
-needs no generation: its probability is P(yes) from the logits after its question.
+Each frame is read at most once, and only when some task needs it: the system prompt's
+state is forked and extended with the image, and every rule, question and description
+about that frame forks the result (tasks.py). A rule needs no generation: its probability
+is P(yes) from the logits after its question. SIGHUP and ``rules.set`` change rules and the
+system prompt between two jobs, without loading the model again.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import numpy as np
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from edged.agent.rules import RuleTracker
-from edged.bus.schema import Answer, Description, DetectedObject, Detection, Provenance, Request, RuleEvent
+from edged.agent.config import RuleConfig
+from edged.agent.rules import RuleTracker, trackers_for
+from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
+from edged.agent.snapshot import snapshot
+from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
+from edged.bus.schema import Answer, Detection, Provenance, Request, RuleEvent
 from edged.bus.server import Responder
 from edged.capture.frame import Frame
 from edged.capture.part import CapturePart
 from edged.config import Settings
-from edged.engine.engine import Engine, EngineError, GenerationOptions
-from edged.engine.state import State
+from edged.engine.engine import Engine, EngineError
 from edged.engine.store import PrefixStore, SessionStore
 from edged.models.installed import choose_model
 from edged.parts import ProgressMonitor
 
 log = structlog.get_logger()
-
-USER_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-ANSWER = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-ASK, RULES, DESCRIBE = 0, 1, 3
-
-
-@dataclass
-class _FrameState:
-    frame: Frame
-    state: State
-    provenance: Provenance
-
-
-@dataclass(order=True)
-class _Job:
-    priority: int
-    order: int
-    run: Callable[[], None] = field(compare=False)
 
 
 class AgentPart:
@@ -62,19 +46,23 @@ class AgentPart:
         self._settings = settings
         self._capture = capture
         self._pulse = monitor.register(self.name)
-        self._beat_every = monitor.beat_every
         self.publish: Callable[[str, str | None, BaseModel], None] = lambda kind, camera, data: None
-        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
-        self._order = itertools.count()
+        self._queue = JobQueue()
+        self._turns: RoundRobin[Frame] = RoundRobin()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._frames: dict[str, _FrameState] = {}
-        self._trackers = {name: [RuleTracker(rule) for rule in camera.rules]
-                          for name, camera in settings.cameras.items()}
-        self._last_description: dict[str, float] = {}
-        self._last_detection: dict[str, float] = {}
+        # Written by the inference thread only, and always replaced rather than changed in
+        # place, so the bus thread may read them (rules.list, snapshot, status) at any time.
+        self._trackers: dict[str, list[RuleTracker]] = {
+            name: trackers_for(camera.rules, []) for name, camera in settings.cameras.items()}
+        self._newest: dict[str, Frame] = {}
+        self._detections: dict[str, Detection] = {}
+        self._reads: dict[str, ReadFrame] = {}
+        self._last_run: dict[tuple[str, int], float] = {}
+        self._scheduled: set[tuple[str, int]] = set()
         self.engine: Engine | None = None
-        self.figures: dict[str, Any] = {"tokens_per_s": None, "ttft_ms": None, "frame_to_event_ms": None}
+        self.engine_loads = 0
+        self._frame_to_event_ms: float | None = None
 
     # -- the lifecycle (main thread) -------------------------------------------------------
 
@@ -82,29 +70,18 @@ class AgentPart:
         model = self._settings.model
         choice = choose_model(model)
         self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length)
+        self.engine_loads += 1
         state_dir = self._settings.state.dir
-        self._prefixes = PrefixStore(state_dir, self.engine.fingerprint)
+        self._tasks = FrameTasks(
+            self.engine, self._settings.agent.system_prompt, PrefixStore(state_dir, self.engine.fingerprint),
+            on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)))
         self._sessions = SessionStore(state_dir, self.engine.fingerprint, self._settings.state.budget_mb << 20)
-        system = f"<|im_start|>system\n{self._settings.agent.system_prompt}<|im_end|>\n"
-        tokens = self.engine.encode(system)
-        self._prefix = self._prefixes.get(tokens)
-        if self._prefix is None:
-            self._prefix = self.engine.new_state()
-            self.engine.extend(self._prefix, tokens)
-            self._save_prefix(tokens)
-        yes = [self.engine.encode(w)[0] for w in ("Yes", "yes", " Yes", " yes")]
-        no = [self.engine.encode(w)[0] for w in ("No", "no", " No", " no")]
-        self._yes, self._no = sorted(set(yes)), sorted(set(no) - set(yes))
-        log.info("agent ready", model=choice.path.name, cameras=len(self._trackers))
+        log.info("agent ready", model=choice.path.name, cameras=len(self._trackers),
+                 rules=sum(map(len, self._trackers.values())))
         self._thread.start()
 
-    def _save_prefix(self, tokens: list[int]) -> None:
-        try:
-            self._prefixes.put(tokens, self._prefix)
-        except OSError as error:  # a read-only or missing state dir costs a warm start, nothing else
-            log.warning("prefix state not saved", reason=str(error))
-
     def stop(self) -> None:
+        """Stops within one decode step: an answer in progress is cut off and told why."""
         self._stop.set()
         self._thread.join(30)
         try:
@@ -115,200 +92,233 @@ class AgentPart:
             log.warning("sessions not saved", reason=str(error))
 
     def apply(self, settings: Settings) -> None:
-        if settings.cameras != self._settings.cameras or settings.agent != self._settings.agent:
-            log.warning("camera, rule and agent settings take effect at the next restart")
+        """New rules, periods and system prompt, applied between two inference jobs."""
+        self._queue.put(CONTROL, partial(self._apply, settings))
 
     def describe(self) -> str:
-        return f"model {self.engine.manifest.name if self.engine else '-'}, {self._jobs.qsize()} jobs queued"
+        queued = len(self._queue)
+        return f"model {self.engine.manifest.name if self.engine else '-'}, {queued} job{'' if queued == 1 else 's'} queued"
 
     # -- requests (bus thread) -------------------------------------------------------------
 
     def handle(self, request: Request, respond: Responder) -> None:
         op = request.op
         if op == "rules.list":
-            rules = {name: [t.rule.model_dump() | {"version": t.rule.version, "active": t.active,
-                                                   "probability": t.probability} for t in trackers]
-                     for name, trackers in self._trackers.items()
-                     if request.camera in (None, name)}  # type: ignore[union-attr]
-            respond.final(rules)
-        elif op == "ask":
-            self._jobs.put(_Job(ASK, next(self._order), lambda: self._ask(request, respond)))
-        elif op == "describe":
-            self._jobs.put(_Job(ASK, next(self._order), lambda: self._describe_now(request, respond)))
-        elif op == "detect":
-            self._jobs.put(_Job(ASK, next(self._order), lambda: self._detect_now(request, respond)))
-        elif op == "sessions.drop":
-            self._jobs.put(_Job(ASK, next(self._order), lambda: respond.final({"dropped": self._sessions.drop(request.session)})))  # type: ignore[union-attr]
+            respond.final({name: [t.state().model_dump() for t in trackers]
+                           for name, trackers in self._trackers.items()
+                           if request.camera in (None, name)})  # type: ignore[union-attr]
+        elif op == "snapshot":
+            self._snapshot(request, respond)
         else:
-            respond.error("unavailable", f"'{op}' is not served by this version of the agent")
+            work = {"ask": self._ask, "describe": self._describe_now, "detect": self._detect_now,
+                    "rules.set": self._set_rules, "sessions.drop": self._drop_session}[op]
+            deadline = time.monotonic() + self._settings.bus.request_timeout_s  # then the bus says 'deadline'
+            self._queue.put(ASK, partial(self._answer, work, request, respond), deadline)
 
     def status_figures(self) -> dict[str, Any]:
-        encoded = self.engine.counters.images_encoded if self.engine else None
-        sessions = len(self._sessions) if self.engine else None
-        model = self.engine.manifest.name if self.engine else None
-        return {"queue_depth": self._jobs.qsize(), "model": model, "images_encoded": encoded, "sessions": sessions,
-                **self.figures}
+        engine = self.engine
+        tasks = getattr(self, "_tasks", None)
+        return {
+            "queue_depth": len(self._queue), "model": engine.manifest.name if engine else None,
+            "images_encoded": engine.counters.images_encoded if engine else None,
+            "sessions": len(self._sessions) if engine else None,
+            "tokens_per_s": tasks.figures.tokens_per_s if tasks else None,
+            "ttft_ms": tasks.figures.ttft_ms if tasks else None,
+            "frame_to_event_ms": self._frame_to_event_ms,
+            "drops": sum(self._queue.dropped.values()), "jobs_dropped": dict(self._queue.dropped),
+            "rules": {name: [t.state() for t in trackers] for name, trackers in self._trackers.items()},
+            "engine_loads": self.engine_loads, "prompt_version": tasks.prompt_version if tasks else None,
+        }
+
+    def _snapshot(self, request: Request, respond: Responder) -> None:
+        camera = request.camera  # type: ignore[union-attr]
+        frame = self._newest.get(camera)
+        if frame is None:
+            respond.error("not_found", f"no frame yet from camera {camera}")
+            return
+        detection = self._detections.get(camera)
+        objects = detection.objects if detection and detection.provenance.frame_seq == frame.seq else []
+        rules = [t.state() for t in self._trackers.get(camera, [])]
+        respond.final(snapshot(frame, objects, rules, request.format))  # type: ignore[union-attr]
 
     # -- the inference thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._pulse.beat()
-            try:
-                job = self._jobs.get(timeout=0.02)
-            except queue.Empty:
-                job = None
-            if job is not None:
-                self._safely(job.run)
+            job = self._queue.take(most_urgent=RULES)
+            if job is None and self._accept_next_frame():
                 continue
-            for camera in self._capture.cameras.values():
-                frame = camera.mailbox.take(timeout=0)
-                if frame is not None:
-                    self._safely(self._on_frame, frame)
+            job = job or self._queue.take()
+            if job is None:
+                self._queue.wait(0.02)  # frames arrive in mailboxes, not here: poll them often
+                continue
+            try:
+                job.run()
+            except Cancelled:
+                pass
+            except Exception:  # one bad job must not stop inference
+                log.exception("inference job failed")
 
-    def _safely(self, work: Callable[..., None], *args: Any) -> None:
-        try:
-            work(*args)
-        except Exception:  # one bad job must not stop inference
-            log.exception("inference job failed")
+    def _accept_next_frame(self) -> bool:
+        """Take the next camera's newest frame, in turn, and queue the work it calls for."""
+        cameras = self._capture.cameras
+        found = self._turns.first(list(cameras), lambda name: cameras[name].mailbox.take(timeout=0))
+        if found is None:
+            return False
+        name, frame = found
+        self._newest = {**self._newest, name: frame}
+        deadline = frame.monotonic + self._settings.agent.stale_after_s
+        for tracker in self._trackers.get(name, []):
+            self._queue.put(RULES, partial(self._evaluate, frame, tracker), deadline)
+        camera = self._settings.cameras.get(name)
+        if camera is not None:
+            self._schedule(name, DETECT, camera.detect_every_s, self._detect_periodically, deadline)
+            self._schedule(name, DESCRIBE, camera.describe_every_s, self._describe_periodically, deadline)
+        return True
 
-    def _read_frame(self, frame: Frame) -> _FrameState:
-        engine = self.engine
-        state = self._prefix.fork()
-        engine.extend_prompt(state, USER_IMAGE, [frame.rgb])  # type: ignore[union-attr]
-        provenance = Provenance(frame_seq=frame.seq, frame_ts=round(frame.wall, 3), frame_hash=frame.hash,
-                                model=engine.fingerprint[:16])  # type: ignore[union-attr]
-        read = _FrameState(frame, state, provenance)
-        self._frames[frame.camera] = read
+    def _schedule(self, camera: str, kind: int, every_s: float, work: Callable[[str], None], deadline: float) -> None:
+        """Queue a periodic task unless it is off, not yet due, or queued already."""
+        key = (camera, kind)
+        if not every_s or key in self._scheduled or time.monotonic() - self._last_run.get(key, -math.inf) < every_s:
+            return
+        self._scheduled.add(key)
+
+        def run() -> None:
+            self._scheduled.discard(key)
+            self._last_run[key] = time.monotonic()
+            work(camera)
+
+        self._queue.put(kind, run, deadline, expire=lambda: self._scheduled.discard(key))
+
+    def _read(self, frame: Frame) -> ReadFrame:
+        """The model's read of ``frame``, made once however many tasks ask for it."""
+        read = self._reads.get(frame.camera)
+        if read is None or read.frame is not frame:
+            read = self._tasks.read(frame)
+            self._reads = {**self._reads, frame.camera: read}
         return read
 
-    def _on_frame(self, frame: Frame) -> None:
-        read = self._read_frame(frame)
-        for tracker in self._trackers.get(frame.camera, []):
-            branch = read.state.fork()
-            logits = self.engine.extend_prompt(branch, f"{tracker.rule.when}? Answer yes or no.{ANSWER}")  # type: ignore[union-attr]
-            probability = self._p_yes(logits)
-            phase = tracker.update(probability, time.monotonic())
-            if phase is not None:
-                self.figures["frame_to_event_ms"] = round((time.monotonic() - frame.monotonic) * 1000, 1)
-                event = RuleEvent(rule=tracker.rule.id, version=tracker.rule.version, phase=phase,
-                                  probability=round(probability, 4),
-                                  provenance=read.provenance.model_copy(update={"prompt_version": tracker.rule.version}))
-                self.publish("rule", frame.camera, event)
-                log.info("rule event", camera=frame.camera, rule=tracker.rule.id, phase=phase,
-                         probability=round(probability, 3))
-        every_detect = self._settings.cameras[frame.camera].detect_every_s
-        if every_detect and time.monotonic() - self._last_detection.get(frame.camera, -math.inf) >= every_detect:
-            self._last_detection[frame.camera] = time.monotonic()
-            detection = self._detect(read, None)
-            self.publish("detection", frame.camera, detection)
-            log.info("detection", camera=frame.camera, objects=[o.label for o in detection.objects])
-        every = self._settings.cameras[frame.camera].describe_every_s
-        if every and time.monotonic() - self._last_description.get(frame.camera, -math.inf) >= every:
-            self._last_description[frame.camera] = time.monotonic()
-            text = self._generate(read.state.fork(), "Describe the scene in one sentence.", 48)
-            self.publish("description", frame.camera, Description(text=text, provenance=read.provenance))
-            log.info("description", camera=frame.camera, text=text)
+    def _newest_read(self, camera: str | None) -> ReadFrame | None:
+        """The newest frame of ``camera`` (of any camera when None), read."""
+        name = camera if camera is not None else next(iter(self._newest), None)
+        frame = self._newest.get(name) if name is not None else None
+        return self._read(frame) if frame is not None else None
 
-    def _p_yes(self, logits: np.ndarray) -> float:
-        top = max(logits[self._yes].max(), logits[self._no].max())
-        yes = np.exp(logits[self._yes] - top).sum()
-        no = np.exp(logits[self._no] - top).sum()
-        return float(yes / (yes + no))
+    def _evaluate(self, frame: Frame, tracker: RuleTracker) -> None:
+        if tracker not in self._trackers.get(frame.camera, []):
+            return  # the rule was replaced or removed after this job was queued
+        read = self._read(frame)
+        probability = self._tasks.rule_probability(read, tracker.rule)
+        phase = tracker.update(probability, frame.monotonic)
+        if phase is None:
+            return
+        event = RuleEvent(rule=tracker.rule.id, version=tracker.rule.version, phase=phase,
+                          probability=round(probability, 4),
+                          provenance=read.provenance.model_copy(update={"prompt_version": tracker.rule.version}))
+        self._publish("rule", frame, event)
+        log.info("rule event", camera=frame.camera, rule=tracker.rule.id, phase=phase, probability=round(probability, 3))
 
-    def _generate(self, state: State, prompt: str, max_tokens: int, respond: Responder | None = None,
-                  schema: dict[str, Any] | None = None) -> str:
-        engine = self.engine
-        started = time.perf_counter()
-        engine.extend_prompt(state, f"{prompt}{ANSWER}")  # type: ignore[union-attr]
-        generation = engine.generate(state, GenerationOptions(max_tokens=max_tokens, json_schema=schema))  # type: ignore[union-attr]
-        first = None
-        for _, piece in generation:
-            first = first or time.perf_counter()
-            if respond is not None and piece:
-                respond.partial({"text": piece})
-        finished = time.perf_counter()
-        if first is not None:
-            self.figures["ttft_ms"] = round((first - started) * 1000, 1)
-            if len(generation.tokens) > 1 and finished > first:
-                self.figures["tokens_per_s"] = round((len(generation.tokens) - 1) / (finished - first), 1)
-        return generation.text.strip()
+    def _detect_periodically(self, camera: str) -> None:
+        read = self._newest_read(camera)
+        if read is not None:
+            detection = self._tasks.detect(read, cancel=self._stop)
+            self._detections = {**self._detections, camera: detection}
+            self._publish("detection", read.frame, detection)
+            log.info("detection", camera=camera, objects=[o.label for o in detection.objects])
 
-    def _latest(self, camera: str | None) -> _FrameState | None:
-        if camera is None:
-            camera = next(iter(self._frames), None)
-        return self._frames.get(camera) if camera else None
+    def _describe_periodically(self, camera: str) -> None:
+        read = self._newest_read(camera)
+        if read is not None:
+            description = self._tasks.describe(read, cancel=self._stop)
+            self._publish("description", read.frame, description)
+            log.info("description", camera=camera, text=description.text)
 
-    def _ask(self, request: Request, respond: Responder) -> None:
-        session = request.session  # type: ignore[union-attr]
+    def _publish(self, kind: str, frame: Frame, data: BaseModel) -> None:
+        self._frame_to_event_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
+        self.publish(kind, frame.camera, data)
+
+    def _apply(self, settings: Settings) -> None:
+        self._trackers = {name: trackers_for(camera.rules, self._trackers.get(name, []))
+                          for name, camera in settings.cameras.items()}
+        if settings.agent.system_prompt != self._tasks.system_prompt:
+            self._tasks.set_system_prompt(settings.agent.system_prompt)
+            self._reads = {}  # read under the old prompt
+        self._settings = settings
+        log.info("agent settings applied", rules=sum(map(len, self._trackers.values())),
+                 prompt_version=self._tasks.prompt_version)
+
+    # -- requests, on the inference thread ------------------------------------------------------
+
+    def _answer(self, work: Callable[[Any, Responder], None], request: Request, respond: Responder) -> None:
+        """Run a request's work; whatever goes wrong, the client hears about it."""
+        try:
+            work(request, respond)
+        except Cancelled:
+            respond.error("unavailable", "the daemon is stopping; ask again when it is back")
+        except EngineError as error:
+            respond.error("bad_request", str(error))
+        except Exception as error:
+            log.exception("request failed", op=request.op, request_id=request.id)
+            respond.error("internal", f"{type(error).__name__}: {error}")
+
+    def _ask(self, request: Any, respond: Responder) -> None:
+        session = request.session
         state = self._sessions.get(session) if session else None
-        read = self._latest(request.camera)  # type: ignore[union-attr]
+        read = None
         if state is not None:
             # A follow-up: the conversation so far, image included, is already in the state.
             closing = "" if state.pending and state.pending[-1] in self.engine.eos_token_ids else "<|im_end|>"  # type: ignore[union-attr]
-            prompt = f"{closing}\n<|im_start|>user\n{request.question}"  # type: ignore[union-attr]
-        elif read is not None:
-            state = read.state.fork()
-            prompt = request.question  # type: ignore[union-attr]
+            prompt = f"{closing}\n<|im_start|>user\n{request.question}"
         else:
-            respond.error("not_found", f"no frame yet from camera {request.camera or '(any)'}")  # type: ignore[union-attr]
-            return
-        try:
-            text = self._generate(state, prompt, request.max_tokens, respond)  # type: ignore[union-attr]
-        except EngineError as error:
-            respond.error("bad_request", str(error))
-            return
+            read = self._newest_read(request.camera)
+            if read is None:
+                respond.error("not_found", f"no frame yet from camera {request.camera or '(any)'}")
+                return
+            state, prompt = read.state.fork(), request.question
+        max_tokens = min(request.max_tokens, self._settings.agent.answer_max_tokens)
+        text = self._tasks.generate(state, prompt, max_tokens, on_text=lambda piece: respond.partial({"text": piece}),
+                                    cancel=self._stop)
         if session:
             self._sessions.put(session, state)
-        provenance = read.provenance if read is not None else Provenance(model=self.engine.fingerprint[:16])  # type: ignore[union-attr]
+        provenance = read.provenance if read is not None else Provenance(
+            model=self.engine.fingerprint[:16], prompt_version=self._tasks.prompt_version)  # type: ignore[union-attr]
         respond.final(Answer(request_id=request.id, session=session, text=text, provenance=provenance))
 
-    def _describe_now(self, request: Request, respond: Responder) -> None:
-        read = self._latest(request.camera)  # type: ignore[union-attr]
+    def _describe_now(self, request: Any, respond: Responder) -> None:
+        read = self._newest_read(request.camera)
         if read is None:
-            respond.error("not_found", f"no frame yet from camera {request.camera}")  # type: ignore[union-attr]
+            respond.error("not_found", f"no frame yet from camera {request.camera}")
             return
-        text = self._generate(read.state.fork(), "Describe the scene in one sentence.", 48)
-        respond.final(Description(text=text, provenance=read.provenance))
+        respond.final(self._tasks.describe(read, cancel=self._stop))
 
-    def _detect(self, read: _FrameState, labels: list[str] | None) -> Detection:
-        """Objects as JSON constrained to a schema; boxes come in Qwen's 0-1000 coordinates
-        and go out in pixels of the frame the model saw."""
-        only = f" Only these kinds: {', '.join(labels)}." if labels else ""
-        text = self._generate(read.state.fork(), "List the objects you see as JSON: label, count, box [x1, y1, x2, y2] "
-                              f"in 0-1000 coordinates.{only}", 200, schema=DETECTION_SCHEMA)
-        height, width = read.frame.rgb.shape[:2]
-        return Detection(objects=objects_in_pixels(text, width, height), provenance=read.provenance)
-
-    def _detect_now(self, request: Request, respond: Responder) -> None:
-        read = self._latest(request.camera)  # type: ignore[union-attr]
+    def _detect_now(self, request: Any, respond: Responder) -> None:
+        read = self._newest_read(request.camera)
         if read is None:
-            respond.error("not_found", f"no frame yet from camera {request.camera}")  # type: ignore[union-attr]
+            respond.error("not_found", f"no frame yet from camera {request.camera}")
             return
-        respond.final(self._detect(read, request.labels))  # type: ignore[union-attr]
+        detection = self._tasks.detect(read, request.labels, cancel=self._stop)
+        if not request.labels:
+            self._detections = {**self._detections, request.camera: detection}
+        respond.final(detection)
 
+    def _set_rules(self, request: Any, respond: Responder) -> None:
+        """Replace one camera's rules until the next reload or restart."""
+        if request.camera not in self._settings.cameras:
+            respond.error("not_found", f"no camera {request.camera}; cameras: {', '.join(self._settings.cameras) or 'none'}")
+            return
+        try:
+            rules = [RuleConfig(**spec.model_dump(exclude_none=True)) for spec in request.rules]
+        except ValidationError as error:
+            first = error.errors()[0]
+            respond.error("bad_request", f"rules: {first['msg']}")
+            return
+        if len({rule.id for rule in rules}) != len(rules):
+            respond.error("bad_request", "rules: two rules share an id")
+            return
+        self._trackers = {**self._trackers, request.camera: trackers_for(rules, self._trackers.get(request.camera, []))}
+        log.info("rules set", camera=request.camera, rules=[rule.id for rule in rules])
+        respond.final({request.camera: [t.state().model_dump() for t in self._trackers[request.camera]]})
 
-def objects_in_pixels(document: str, width: int, height: int) -> list[DetectedObject]:
-    """The model's JSON objects with their 0-1000 boxes scaled to a width x height frame."""
-    objects = []
-    for found in json.loads(document)["objects"]:
-        x1, y1, x2, y2 = found["box"]
-        box = [round(x1 * width / 1000), round(y1 * height / 1000), round(x2 * width / 1000), round(y2 * height / 1000)]
-        objects.append(DetectedObject(label=found["label"], count=found["count"], box=box))
-    return objects
-
-
-_COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
-DETECTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"objects": {"type": "array", "maxItems": 8, "items": {
-        "type": "object",
-        "properties": {
-            "label": {"type": "string", "minLength": 1, "maxLength": 24},
-            "count": {"type": "integer", "minimum": 1, "maximum": 99},
-            "box": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
-        },
-        "required": ["label", "count", "box"], "additionalProperties": False,
-    }}},
-    "required": ["objects"], "additionalProperties": False,
-}
+    def _drop_session(self, request: Any, respond: Responder) -> None:
+        respond.final({"dropped": self._sessions.drop(request.session)})

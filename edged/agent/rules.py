@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from edged.agent.config import RuleConfig
+from edged.bus.schema import RuleState
 
 
 class RuleTracker:
@@ -13,6 +14,7 @@ class RuleTracker:
         self.rule = rule
         self.active = False
         self.probability: float | None = None
+        self.evaluations = 0
         self._streak = 0
         self._quiet_until = 0.0
 
@@ -20,6 +22,7 @@ class RuleTracker:
         """Feed one evaluation; the event it causes, if any."""
         rule = self.rule
         self.probability = probability
+        self.evaluations += 1
         if self.active:
             if probability <= rule.off_threshold:
                 self.active = False
@@ -32,3 +35,15 @@ class RuleTracker:
             self.active = True
             return "begin"
         return None
+
+    def state(self) -> RuleState:
+        return RuleState(id=self.rule.id, version=self.rule.version, when=self.rule.when, active=self.active,
+                         probability=None if self.probability is None else round(self.probability, 4),
+                         evaluations=self.evaluations)
+
+
+def trackers_for(rules: list[RuleConfig], current: list[RuleTracker]) -> list[RuleTracker]:
+    """Trackers for a new set of rules: an unchanged rule (same id and version) keeps its
+    tracker, so a reload neither repeats a 'begin' nor forgets a cooldown."""
+    kept = {(t.rule.id, t.rule.version): t for t in current}
+    return [kept.get((rule.id, rule.version)) or RuleTracker(rule) for rule in rules]

@@ -70,6 +70,17 @@ class CameraStatus(_Model):
     drops: int = 0
 
 
+class RuleState(_Model):
+    """A rule as the daemon runs it now."""
+
+    id: Name
+    version: str
+    when: str
+    active: bool = Field(description="between its begin and end events")
+    probability: float | None = Field(None, description="P(yes) at the last evaluation")
+    evaluations: int = Field(0, description="frames it has been evaluated on since it was set")
+
+
 class Status(_Model):
     uptime_s: float
     model: str | None = Field(None, description="the model package in use")
@@ -79,7 +90,12 @@ class Status(_Model):
     tokens_per_s: float | None = None
     ttft_ms: float | None = Field(None, description="time to first token, last answer")
     frame_to_event_ms: float | None = None
-    drops: int = 0
+    drops: int = Field(0, description="inference jobs dropped since start, all kinds")
+    jobs_dropped: dict[str, int] = Field(
+        default_factory=dict, description="jobs dropped because their frame or request went stale, by kind")
+    rules: dict[str, list[RuleState]] = Field(default_factory=dict, description="each camera's rules")
+    engine_loads: int = Field(0, description="times the model was loaded since start (a reload does not load it)")
+    prompt_version: str | None = Field(None, description="version of the system prompt in use")
     images_encoded: int | None = Field(None, description="pictures the vision encoder has read since start")
     sessions: int | None = Field(None, description="conversations held in memory")
     detail: str = Field("", description="the daemon's status line, as systemd shows it")
@@ -155,8 +171,14 @@ class _Request(_Model):
 
 
 class RuleSpec(_Model):
+    """A rule as rules.set gives it; omitted thresholds take the config's defaults."""
+
     id: Name
     when: str = Field(min_length=1, max_length=500, description="a yes/no condition in plain words")
+    on_threshold: float | None = Field(None, ge=0, le=1)
+    off_threshold: float | None = Field(None, ge=0, le=1)
+    consecutive: int | None = Field(None, ge=1)
+    cooldown_s: float | None = Field(None, ge=0)
 
 
 class AskRequest(_Request):
@@ -189,6 +211,27 @@ class RulesSetRequest(_Request):
     rules: list[RuleSpec]
 
 
+class SnapshotRequest(_Request):
+    op: Literal["snapshot"] = "snapshot"
+    camera: Name
+    format: Literal["jpeg", "png"] = "jpeg"
+
+
+class Snapshot(_Model):
+    """The newest frame the model has seen, with the last detection's boxes and the rules'
+    states drawn on it; ``image`` is the picture, base64-encoded."""
+
+    camera: str
+    frame_seq: int
+    frame_ts: float
+    width: int
+    height: int
+    media_type: Literal["image/jpeg", "image/png"]
+    image: str
+    objects: list[DetectedObject] = Field(default_factory=list, description="the boxes drawn")
+    rules: list[RuleState] = Field(default_factory=list)
+
+
 class SessionsDropRequest(_Request):
     op: Literal["sessions.drop"] = "sessions.drop"
     session: str = Field(min_length=1, max_length=128)
@@ -199,11 +242,12 @@ class StatusRequest(_Request):
 
 
 Request = Annotated[
-    AskRequest | DescribeRequest | DetectRequest | RulesListRequest | RulesSetRequest | SessionsDropRequest | StatusRequest,
+    AskRequest | DescribeRequest | DetectRequest | RulesListRequest | RulesSetRequest | SnapshotRequest
+    | SessionsDropRequest | StatusRequest,
     Field(discriminator="op"),
 ]
 REQUEST = TypeAdapter(Request)
-OPS = ("ask", "describe", "detect", "rules.list", "rules.set", "sessions.drop", "status")
+OPS = ("ask", "describe", "detect", "rules.list", "rules.set", "snapshot", "sessions.drop", "status")
 
 ErrorCode = Literal["bad_request", "unknown_op", "too_large", "busy", "deadline", "not_found", "unavailable", "internal"]
 

@@ -184,10 +184,25 @@ class BusServer:
                             break
                         self._receive(control, frames)
         finally:
-            events.close(linger=0)
-            control.close(linger=0)
+            self._answer_before_closing(events, control)
+            events.close(linger=200)
+            control.close(linger=200)
             if self._authenticator is not None:
                 self._authenticator.stop()
+
+    def _answer_before_closing(self, events: zmq.Socket, control: zmq.Socket) -> None:
+        """At stop: send what handlers have already posted, and tell every client still
+        waiting that no answer is coming, rather than leaving it to time out."""
+        while True:
+            try:
+                self._deliver(events, control, self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        for pending in self._pending.values():
+            self._send(control, pending.identity, pending.req_style, Reply(
+                id=pending.request_id, ok=False,
+                error=ErrorInfo(code="unavailable", message="the daemon is stopping; ask again when it is back")))
+        self._pending.clear()
 
     def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
         events = self._context.socket(zmq.PUB)

@@ -33,8 +33,10 @@ class CapturePart:
             camera.stop()
 
     def apply(self, settings: Settings) -> None:
-        if settings.cameras != self._settings.cameras:
-            log.warning("camera settings take effect at the next restart")
+        """Rules and periods are the agent's to apply; the cameras themselves stay as started."""
+        if _capture_settings(settings) != _capture_settings(self._settings):
+            log.warning("camera sources, rates and masks take effect at the next restart")
+        self._settings = settings
 
     def describe(self) -> str:
         if not self.cameras:
@@ -44,3 +46,10 @@ class CapturePart:
 
     def statuses(self) -> dict[str, CameraStatus]:
         return {name: camera.status() for name, camera in self.cameras.items()}
+
+
+AGENT_FIELDS = {"rules", "describe_every_s", "detect_every_s"}
+
+
+def _capture_settings(settings: Settings) -> dict[str, dict]:
+    return {name: camera.model_dump(exclude=AGENT_FIELDS) for name, camera in settings.cameras.items()}

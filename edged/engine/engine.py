@@ -303,8 +303,8 @@ class Generation:
             if grammar and grammar.done():  # the document is complete
                 self.finish_reason = "eos"
                 break
-            if step + 1 == options.max_tokens:
-                self.finish_reason = "length"
+            if step + 1 == options.max_tokens or state.length > engine.max_length:
+                self.finish_reason = "length"  # asked for no more, or the state is full
                 break
             engine.extend(state, [])
         else:

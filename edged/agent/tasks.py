@@ -1,0 +1,163 @@
+"""What the model does with a frame, apart from when: read it once, then answer rules,
+descriptions, detections and questions from forks of that one state.
+
+The daemon's inference thread (agent.py) and ``edged replay`` (replay.py) both drive this;
+only their clocks and their order of work differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edged.agent.config import RuleConfig
+from edged.bus.schema import Description, DetectedObject, Detection, Provenance
+from edged.capture.frame import Frame
+from edged.engine.engine import Engine, GenerationOptions
+from edged.engine.state import State
+from edged.engine.store import PrefixStore
+
+USER_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+ANSWER = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+DESCRIBE_PROMPT = "Describe the scene in one sentence."
+
+
+@dataclass
+class ReadFrame:
+    """A frame after the model has read it: every task on the frame forks ``state``."""
+
+    frame: Frame
+    state: State
+    provenance: Provenance
+
+
+@dataclass
+class Figures:
+    """The last answer's speed, for status."""
+
+    tokens_per_s: float | None = None
+    ttft_ms: float | None = None
+
+
+def prompt_version(system_prompt: str) -> str:
+    return hashlib.sha256(system_prompt.encode()).hexdigest()[:8]
+
+
+class FrameTasks:
+    """One engine and the system prompt's state; not thread-safe (one inference thread)."""
+
+    def __init__(self, engine: Engine, system_prompt: str, prefixes: PrefixStore | None = None,
+                 on_prefix_error: Callable[[OSError], None] = lambda error: None) -> None:
+        self.engine = engine
+        self.figures = Figures()
+        self._prefixes = prefixes
+        self._on_prefix_error = on_prefix_error
+        self.set_system_prompt(system_prompt)
+        yes = [engine.encode(w)[0] for w in ("Yes", "yes", " Yes", " yes")]
+        no = [engine.encode(w)[0] for w in ("No", "no", " No", " no")]
+        self._yes, self._no = sorted(set(yes)), sorted(set(no) - set(yes))
+
+    def set_system_prompt(self, system_prompt: str) -> None:
+        """Read the system prompt once (or load its saved state): every frame starts from it."""
+        tokens = self.engine.encode(f"<|im_start|>system\n{system_prompt}<|im_end|>\n")
+        prefix = self._prefixes.get(tokens) if self._prefixes else None
+        if prefix is None:
+            prefix = self.engine.new_state()
+            self.engine.extend(prefix, tokens)
+            if self._prefixes:
+                try:
+                    self._prefixes.put(tokens, prefix)
+                except OSError as error:  # a read-only state dir costs a warm start, nothing else
+                    self._on_prefix_error(error)
+        self._prefix = prefix
+        self.system_prompt = system_prompt
+        self.prompt_version = prompt_version(system_prompt)
+
+    def read(self, frame: Frame) -> ReadFrame:
+        """The frame's state: the system prompt's state forked and extended with the image."""
+        state = self._prefix.fork()
+        self.engine.extend_prompt(state, USER_IMAGE, [frame.rgb])
+        provenance = Provenance(frame_seq=frame.seq, frame_ts=round(frame.wall, 3), frame_hash=frame.hash,
+                                model=self.engine.fingerprint[:16], prompt_version=self.prompt_version)
+        return ReadFrame(frame, state, provenance)
+
+    def rule_probability(self, read: ReadFrame, rule: RuleConfig) -> float:
+        """P(yes) for the rule's condition on this frame: one extend, no generation."""
+        logits = self.engine.extend_prompt(read.state.fork(), f"{rule.when}? Answer yes or no.{ANSWER}")
+        top = max(logits[self._yes].max(), logits[self._no].max())
+        yes = np.exp(logits[self._yes] - top).sum()
+        no = np.exp(logits[self._no] - top).sum()
+        return float(yes / (yes + no))
+
+    def describe(self, read: ReadFrame, cancel: threading.Event | None = None) -> Description:
+        return Description(text=self.generate(read.state.fork(), DESCRIBE_PROMPT, 48, cancel=cancel),
+                           provenance=read.provenance)
+
+    def detect(self, read: ReadFrame, labels: list[str] | None = None,
+               cancel: threading.Event | None = None) -> Detection:
+        """Objects as JSON constrained to a schema; boxes come in Qwen's 0-1000 coordinates
+        and go out in pixels of the frame the model saw."""
+        only = f" Only these kinds: {', '.join(labels)}." if labels else ""
+        text = self.generate(read.state.fork(), "List the objects you see as JSON: label, count, box "
+                             f"[x1, y1, x2, y2] in 0-1000 coordinates.{only}", 200, schema=DETECTION_SCHEMA,
+                             cancel=cancel)
+        height, width = read.frame.rgb.shape[:2]
+        return Detection(objects=objects_in_pixels(text, width, height), provenance=read.provenance)
+
+    def generate(self, state: State, prompt: str, max_tokens: int, on_text: Callable[[str], None] | None = None,
+                 schema: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> str:
+        """The user turn ``prompt`` on top of ``state`` and the model's answer to it; the
+        state follows along. Raises ``Cancelled`` when ``cancel`` is set."""
+        started = time.perf_counter()
+        self.engine.extend_prompt(state, f"{prompt}{ANSWER}")
+        generation = self.engine.generate(state, GenerationOptions(max_tokens=max_tokens, json_schema=schema), cancel)
+        first = None
+        for _, piece in generation:
+            first = first or time.perf_counter()
+            if on_text is not None and piece:
+                on_text(piece)
+        if generation.finish_reason == "cancelled":
+            raise Cancelled()
+        finished = time.perf_counter()
+        if first is not None:
+            self.figures.ttft_ms = round((first - started) * 1000, 1)
+            if len(generation.tokens) > 1 and finished > first:
+                self.figures.tokens_per_s = round((len(generation.tokens) - 1) / (finished - first), 1)
+        return generation.text.strip()
+
+
+class Cancelled(Exception):
+    """A generation stopped because the daemon is stopping."""
+
+
+def objects_in_pixels(document: str, width: int, height: int) -> list[DetectedObject]:
+    """The model's JSON objects with their 0-1000 boxes scaled to a width x height frame."""
+    objects = []
+    for found in json.loads(document)["objects"]:
+        x1, y1, x2, y2 = found["box"]
+        box = [round(x1 * width / 1000), round(y1 * height / 1000), round(x2 * width / 1000), round(y2 * height / 1000)]
+        objects.append(DetectedObject(label=found["label"], count=found["count"], box=box))
+    return objects
+
+
+_COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
+DETECTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"objects": {"type": "array", "maxItems": 8, "items": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "minLength": 1, "maxLength": 24},
+            "count": {"type": "integer", "minimum": 1, "maximum": 99},
+            "box": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
+        },
+        "required": ["label", "count", "box"], "additionalProperties": False,
+    }}},
+    "required": ["objects"], "additionalProperties": False,
+}
