@@ -109,6 +109,14 @@ def _prompt_of(engine, tokens: int) -> str:
 
 
 def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: Path | None = None) -> EngineBench:
+    figures = _side_by_side(package, threads, repeats, image)
+    # Peak memory in fresh processes, once this one has let go of both models.
+    peak, og_peak = _peak_rss_mb(package, threads, "edged"), _peak_rss_mb(package, threads, "og")
+    return EngineBench(**figures, peak_rss_mb=peak, og_peak_rss_mb=og_peak)
+
+
+def _side_by_side(package: Path, threads: int, repeats: int, image: Path | None) -> dict:
+    """Every figure but peak memory, edged and og.Generator loaded in this process."""
     from edged.engine.engine import Engine, GenerationOptions
     from edged.engine.persist import save_state
 
@@ -212,9 +220,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         engine.generate(session, GenerationOptions(max_tokens=16)).run()
         session_bytes = save_state(session, Path(scratch) / "session.safetensors")
 
-    del engine, og_runner
-    peak, og_peak = _peak_rss_mb(package, threads, "edged"), _peak_rss_mb(package, threads, "og")
-    return EngineBench(
+    return dict(
         model=package.name, threads=threads,
         decode_tok_s=round(1 / edged_step, 1), og_decode_tok_s=round(1 / og_step, 1),
         decode_ratio=round(og_step / edged_step, 2),
@@ -225,7 +231,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         fanout_self_ratio=round(self_naive_s / fanout_s, 2),
         prefix_ttft_ms=round(edged_ttft_s * 1000, 1), og_prefix_ttft_ms=round(og_ttft_s * 1000, 1),
         prefix_ttft_ratio=round(og_ttft_s / edged_ttft_s, 2),
-        session_bytes=session_bytes, peak_rss_mb=peak, og_peak_rss_mb=og_peak,
+        session_bytes=session_bytes,
     )
 
 

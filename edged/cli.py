@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
     config.set_defaults(handler=lambda args: _usage(config))
 
+    from edged.agent.replay import add_commands as add_replay_commands
     from edged.bench.commands import add_commands as add_bench_commands
     from edged.bus.commands import add_commands as add_bus_commands
     from edged.capture.commands import add_commands as add_capture_commands
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands, config_options)
     add_capture_commands(commands, config_options)
     add_bus_commands(commands, config_options)
+    add_replay_commands(commands, config_options)
     add_bench_commands(commands, config_options)
     parser.set_defaults(handler=lambda args: _usage(parser))
     return parser

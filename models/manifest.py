@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edged.files import write_atomically
 
 MANIFEST_NAME = "edged-model.json"
 MANIFEST_FORMAT = 1
@@ -121,12 +122,7 @@ def package_files(directory: Path) -> list[PackageFile]:
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """Write ``edged-model.json`` atomically (temp file, fsync, rename)."""
     target = directory / MANIFEST_NAME
-    temporary = target.with_name(f".{MANIFEST_NAME}.tmp")
-    with temporary.open("w") as file:
-        file.write(manifest.model_dump_json(indent=2) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, target)
+    write_atomically(target, (manifest.model_dump_json(indent=2) + "\n").encode())
     return target
 
 

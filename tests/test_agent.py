@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -9,13 +10,14 @@ from pathlib import Path
 
 import cv2
 import jsonschema
+import numpy as np
 import pytest
 
 from conftest import NotifySocket, edged
 
 from edged.capture.sources.synthetic import synthetic_frame
 from edged.agent.tasks import DETECTION_SCHEMA, objects_in_pixels
-from edged.bus.schema import Detection, Snapshot
+from edged.bus.schema import Detection, RuleState, Snapshot
 from edged.client import BusError, Client, Subscriber
 
 
@@ -164,3 +166,262 @@ def test_boxes_in_qwen_coordinates_become_frame_pixels() -> None:
     jsonschema.validate(json.loads(document), DETECTION_SCHEMA)
     [person] = objects_in_pixels(document, 640, 480)
     assert (person.label, person.count, person.box) == ("person", 1, [64, 120, 320, 480])
+
+
+def rules_of(client: Client, camera: str) -> dict[str, object]:
+    return {rule.id: rule for rule in client.status().rules.get(camera, [])}
+
+
+def wait_until(condition, timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sighup_adds_a_rule_and_a_new_prompt_without_reloading_the_model(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    camera = """
+[cameras.front]
+source = "synthetic"
+fps = 5.0
+gate_threshold = 0.0
+"""
+    config = write_config(tmp_path / "edged.toml", camera)
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client, Subscriber(daemon.events, ["edged.rule.front"]) as events:
+        before = client.status()
+        assert before.engine_loads == 1 and before.rules == {"front": []}
+        write_config(config, '[agent]\nsystem_prompt = "You guard a front door."\n' + camera + """
+[[cameras.front.rules]]
+id = "added"
+when = "Is there anything in the picture"
+on_threshold = 0.0
+off_threshold = 0.0
+consecutive = 1
+""")
+        daemon.send(signal.SIGHUP)
+        notify_socket.wait_for("RELOADING", "1")
+        notify_socket.wait_for("READY", "1")
+        received = events.receive(timeout=30)
+        assert received is not None, daemon.log()[-2000:]
+        assert received.event.data.rule == "added" and received.event.data.phase == "begin"
+        after = client.status()
+    assert after.engine_loads == 1  # the same model, never loaded again
+    assert after.prompt_version != before.prompt_version  # the new system prompt is in force
+    assert [rule.id for rule in after.rules["front"]] == ["added"] and after.rules["front"][0].evaluations >= 1
+    assert "take effect at the next restart" not in daemon.log()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_sigterm_during_an_answer_exits_at_once_and_sessions_come_back_after_a_restart(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    pictures = one_picture(tmp_path / "pictures")
+    config = write_config(tmp_path / "edged.toml", f"""
+[agent]
+answer_max_tokens = 4096
+[cameras.door]
+source = "file:{pictures}"
+loop = false
+""")
+    state = str(tmp_path / "state")
+    daemon = start_daemon("--config", str(config), EDGED_STATE__DIR=state)
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_for_frame(client, "door")
+        first = client.ask("What is in the picture?", camera="door", session="s1", max_tokens=8)
+        assert "".join(first)
+        long_answer = iter(client.ask("Tell me everything you see, in detail.", session="s1", max_tokens=4096))
+        next(long_answer)  # the answer is streaming
+        daemon.send(signal.SIGTERM)
+        stopping = time.monotonic()
+        with pytest.raises(BusError, match="unavailable"):  # cut off, and told why
+            "".join(long_answer)
+        assert daemon.wait(timeout=5) == 0
+    assert time.monotonic() - stopping < 5
+    assert "sessions saved" in daemon.log()
+
+    restarted = start_daemon("--config", str(config), EDGED_STATE__DIR=state)
+    notify_socket.wait_for("READY", "1")
+    with Client(restarted.control, timeout=30) as client:
+        follow_up = client.ask("And what colour is it?", session="s1", max_tokens=8)
+        assert "".join(follow_up) and follow_up.final.session == "s1"
+        assert client.status().images_encoded == 0  # the session's state came back, picture included
+    restarted.send(signal.SIGTERM)
+    assert restarted.wait() == 0
+
+
+def test_a_camera_fault_shows_in_status_and_rules_run_again_after_it_recovers(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    pictures = one_picture(tmp_path / "pictures")
+    cv2.imwrite(str(pictures / "yard.png"), cv2.cvtColor(synthetic_frame(90, 160, 120), cv2.COLOR_RGB2BGR))
+    config = write_config(tmp_path / "edged.toml", f"""
+[cameras.door]
+source = "file:{pictures}"
+fps = 5.0
+gate_threshold = 0.0
+reconnect_max_s = 1.0
+[[cameras.door.rules]]
+id = "anything"
+when = "Is there anything in the picture"
+""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: rules_of(client, "door")["anything"].evaluations > 0, what="a first evaluation")
+        pictures.rename(tmp_path / "away")  # the camera's files vanish mid-stream
+        wait_until(lambda: client.status().cameras["door"].state == "reconnecting", what="reconnecting")
+        status = client.status().cameras["door"]
+        assert str(pictures) in status.last_error  # says which source failed
+        (tmp_path / "away").rename(pictures)
+        wait_until(lambda: client.status().cameras["door"].state == "online", what="back online")
+        evaluated = rules_of(client, "door")["anything"].evaluations
+        wait_until(lambda: rules_of(client, "door")["anything"].evaluations > evaluated + 2, what="rules to run again")
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_rules_set_replaces_a_camera_rules_and_snapshot_draws_them(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    pictures = one_picture(tmp_path / "pictures")  # the same picture over and over
+    config = write_config(tmp_path / "edged.toml", f"""
+[cameras.front]
+source = "file:{pictures}"
+fps = 5.0
+gate_threshold = 0.0
+""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client, Subscriber(daemon.events, ["edged.rule.front"]) as events:
+        wait_for_frame(client, "front")
+        plain = client.snapshot("front", "png")  # lossless, to compare pixels
+        assert not plain.rules and not plain.objects
+        rule = {"id": "set_live", "when": "Is there anything in the picture", "on_threshold": 0.0,
+                "off_threshold": 0.0, "consecutive": 1}
+        in_force = client.call("rules.set", camera="front", rules=[rule])
+        assert [r["id"] for r in in_force["front"]] == ["set_live"]
+        received = events.receive(timeout=30)
+        assert received is not None and received.event.data.rule == "set_live"
+        with pytest.raises(BusError, match="bad_request.*off_threshold"):
+            client.call("rules.set", camera="front", rules=[{"id": "x", "when": "y", "on_threshold": 0.2}])
+        with pytest.raises(BusError, match="not_found"):
+            client.call("rules.set", camera="back", rules=[])
+        assert list(client.call("rules.list", camera="front")["front"][0]) == list(RuleState.model_fields)
+
+        drawn = client.snapshot("front", "png")
+        assert [r.id for r in drawn.rules] == ["set_live"] and drawn.rules[0].active
+
+    def pixels(snapshot: Snapshot) -> np.ndarray:
+        return cv2.imdecode(np.frombuffer(base64.b64decode(snapshot.image), np.uint8), cv2.IMREAD_COLOR).astype(int)
+
+    raw = cv2.imread(str(pictures / "door.png")).astype(int)
+    assert np.array_equal(pixels(plain), raw)  # nothing to draw: the frame as the model saw it
+    changed = np.abs(pixels(drawn) - raw).sum(axis=2) > 0
+    assert drawn.frame_seq > plain.frame_seq and changed[:20].mean() > 0.05 and not changed[20:].any()  # the rule's line
+
+    out = tmp_path / "front.jpg"
+    cli = edged("snapshot", "--camera", "front", str(out), env={"EDGED_BUS__CONTROL": daemon.control})
+    assert cli.returncode == 0, cli.stderr
+    assert "wrote" in cli.stdout and cv2.imread(str(out)) is not None
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_replay_prints_the_same_events_for_the_same_clip_every_time(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for n in range(40):
+        writer.write(cv2.cvtColor(synthetic_frame(n * 7, 160, 120), cv2.COLOR_RGB2BGR))
+    writer.release()
+    config = write_config(tmp_path / "rules.toml", """
+[cameras.door]
+source = "file:/dev/video-not-used"
+fps = 2.0
+gate_threshold = 0.0
+describe_every_s = 1.5
+[[cameras.door.rules]]
+id = "anything"
+when = "Is there anything in the picture"
+on_threshold = 0.5
+off_threshold = 0.45
+consecutive = 1
+cooldown_s = 0.5
+""")
+    runs = [edged("replay", str(clip), "--config", str(config), "--json", timeout=120) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr
+    events = [[json.loads(line) for line in run.stdout.splitlines()] for run in runs]
+    for event in events[0] + events[1]:
+        event.pop("inference_ms")  # the only field that depends on the machine
+    assert events[0] == events[1]
+    kinds = [event["kind"] for event in events[0]]
+    assert "rule" in kinds and "description" in kinds
+    assert all(event["clip_s"] * 2 == int(event["clip_s"] * 2) for event in events[0])  # the 2 fps cap, in clip time
+    phases = [event["data"]["phase"] for event in events[0] if event["kind"] == "rule"]
+    assert phases[0] == "begin" and all(a != b for a, b in zip(phases, phases[1:]))  # begin, end, begin ...
+    assert "frames to the model" in runs[0].stderr
+
+    human = edged("replay", str(clip), "--config", str(config), timeout=120)
+    assert human.returncode == 0 and "rule anything begin" in human.stdout
+    wrong = edged("replay", str(clip), "--config", str(config), "--camera", "back")
+    assert wrong.returncode == 2 and "no camera 'back'" in wrong.stderr
+
+
+def test_frame_work_past_its_deadline_is_dropped_and_counted(start_daemon, notify_socket: NotifySocket,
+                                                             tmp_path: Path) -> None:
+    config = write_config(tmp_path / "edged.toml", """
+[agent]
+stale_after_s = 0.000001
+[cameras.front]
+source = "synthetic"
+fps = 5.0
+gate_threshold = 0.0
+[[cameras.front.rules]]
+id = "never_in_time"
+when = "Is there anything in the picture"
+""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: client.status().jobs_dropped.get("rules", 0) >= 3, what="dropped rule jobs")
+        status = client.status()
+    assert status.drops >= 3 and status.rules["front"][0].evaluations == 0
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+# -- the scheduler on its own -----------------------------------------------------------------
+
+
+def test_jobs_run_by_priority_then_arrival_and_late_ones_are_dropped_and_counted() -> None:
+    from edged.agent.scheduler import ASK, DESCRIBE, RULES, JobQueue
+
+    now = [0.0]
+    queue, ran, expired = JobQueue(clock=lambda: now[0]), [], []
+    queue.put(DESCRIBE, lambda: ran.append("describe"), deadline=10)
+    queue.put(RULES, lambda: ran.append("rule 1"), deadline=10)
+    queue.put(RULES, lambda: ran.append("rule 2"), deadline=1, expire=lambda: expired.append("rule 2"))
+    queue.put(ASK, lambda: ran.append("ask"))
+    assert queue.take(most_urgent=RULES).priority == ASK
+    now[0] = 5.0  # rule 2's frame has gone stale
+    queue.take(most_urgent=RULES).run()
+    assert queue.take(most_urgent=RULES) is None  # only the description is left, and it is less urgent
+    queue.take().run()
+    assert ran == ["rule 1", "describe"] and expired == ["rule 2"]
+    assert dict(queue.dropped) == {"rules": 1} and len(queue) == 0
+
+
+def test_cameras_take_turns() -> None:
+    from edged.agent.scheduler import RoundRobin
+
+    turns: RoundRobin[str] = RoundRobin()
+    always = ["front", "back", "side"]
+    served = [turns.first(always, lambda name: f"{name} frame")[0] for _ in range(6)]
+    assert served == ["front", "back", "side", "front", "back", "side"]
+    only_side = [turns.first(always, lambda name: "frame" if name == "side" else None)[0] for _ in range(2)]
+    assert only_side == ["side", "side"] and turns.first(always, lambda name: None) is None

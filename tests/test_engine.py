@@ -228,6 +228,10 @@ def test_extend_past_max_length_fails_clearly_and_runs_nothing() -> None:
     np.testing.assert_array_equal(state.logits, before[1])
 
 
+def test_max_length_is_capped_at_the_model_context_length() -> None:
+    assert Engine(TINY / "text-int4", max_length=8192).max_length == 2048  # the tiny model's context
+
+
 def test_an_answer_that_fills_the_state_ends_with_reason_length() -> None:
     engine = Engine(TINY / "text-int4", max_length=16)
     state = engine.new_state()

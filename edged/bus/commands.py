@@ -1,4 +1,4 @@
-"""``edged schema``, ``watch``, ``ask``, ``status`` and ``keys``: the bus from a shell."""
+"""``edged schema``, ``watch``, ``ask``, ``status``, ``snapshot`` and ``keys``: the bus from a shell."""
 
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
                                  description="Everything an operator needs: cameras, model, queue, speed, drops.")
     status.add_argument("--json", action="store_true", dest="as_json")
     status.set_defaults(handler=_status)
+
+    snapshot = commands.add_parser(
+        "snapshot", parents=[config_options, client], formatter_class=RAW,
+        help="save what the daemon sees: a camera's frame with boxes and rule states drawn",
+        description="Save the newest frame the model has seen from a camera, with the last detection's boxes "
+        "and each rule's state and probability drawn on it. The format follows OUT's suffix (.jpg, .jpeg, .png).",
+        epilog="examples:\n  edged snapshot --camera front front.jpg\n  edged snapshot --camera door /tmp/door.png",
+    )
+    snapshot.add_argument("out", type=Path, metavar="OUT", help="the picture to write (.jpg, .jpeg or .png)")
+    snapshot.add_argument("--camera", required=True, help="which camera")
+    snapshot.set_defaults(handler=_snapshot)
 
     keys = commands.add_parser("keys", help="CURVE keys for the bus")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", title="commands")
@@ -113,7 +124,8 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(args: argparse.Namespace) -> int:
+def _with_client(args: argparse.Namespace, work: Any) -> int:
+    """Run ``work(client)`` against the daemon; its exit status, or 1 (78) after saying why."""
     from edged.client import BusError, Client
 
     bus = _bus_config(args)
@@ -121,36 +133,65 @@ def _ask(args: argparse.Namespace) -> int:
         return 78
     try:
         with Client(args.endpoint or client_endpoint(bus.control), args.timeout, args.server_key, args.key) as client:
-            for piece in client.ask(args.question, camera=args.camera, session=args.session):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            return work(client)
     except (BusError, TimeoutError) as error:
-        print(f"\nedged ask: {error}", file=sys.stderr)
+        print(f"edged {args.command}: {error}", file=sys.stderr)
         return 1
-    print()
-    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    def ask(client) -> int:
+        for piece in client.ask(args.question, camera=args.camera, session=args.session):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        return 0
+
+    return _with_client(args, ask)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from edged.client import Client
-
-    bus = _bus_config(args)
-    if bus is None:
-        return 78
-    try:
-        with Client(args.endpoint or client_endpoint(bus.control), args.timeout, args.server_key, args.key) as client:
-            status = client.status()
-    except TimeoutError as error:
-        print(f"edged status: {error}", file=sys.stderr)
-        return 1
-    if args.as_json:
-        print(status.model_dump_json(indent=2))
+    def show(client) -> int:
+        status = client.status()
+        if args.as_json:
+            print(status.model_dump_json(indent=2))
+            return 0
+        print(f"{status.detail or 'running'}; up {status.uptime_s:.0f} s; model {status.model or '-'}")
+        dropped = ", ".join(f"{kind} {n}" for kind, n in sorted(status.jobs_dropped.items())) or "none"
+        print(f"queue {status.queue_depth}, busy refusals {status.requests_busy}, jobs dropped: {dropped}")
+        speed = [f"{name} {value}" for name, value in (("tokens/s", status.tokens_per_s), ("TTFT ms", status.ttft_ms),
+                                                       ("frame to event ms", status.frame_to_event_ms)) if value is not None]
+        if speed:
+            print("last: " + ", ".join(speed))
+        for name, camera in status.cameras.items():
+            print(f"camera {name}: {camera.state}" + (f" ({camera.last_error})" if camera.last_error else ""))
+            for rule in status.rules.get(name, []):
+                p = "-" if rule.probability is None else f"{rule.probability:.2f}"
+                print(f"  rule {rule.id} v{rule.version}: {'active' if rule.active else 'inactive'}, p={p}, "
+                      f"{rule.evaluations} evaluations")
         return 0
-    print(f"{status.detail or 'running'}; up {status.uptime_s:.0f} s; model {status.model or '-'}")
-    print(f"queue {status.queue_depth}, busy refusals {status.requests_busy}, drops {status.drops}")
-    for name, camera in status.cameras.items():
-        print(f"camera {name}: {camera.state}" + (f" ({camera.last_error})" if camera.last_error else ""))
-    return 0
+
+    return _with_client(args, show)
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    import base64
+
+    from edged.files import write_atomically
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        print(f"edged snapshot: {args.out}: name it .jpg, .jpeg or .png", file=sys.stderr)
+        return 2
+
+    def save(client) -> int:
+        picture = client.snapshot(args.camera, "png" if suffix == ".png" else "jpeg")
+        write_atomically(args.out, base64.b64decode(picture.image))
+        print(f"wrote {args.out}: camera {picture.camera}, frame {picture.frame_seq}, "
+              f"{picture.width}x{picture.height}, {len(picture.objects)} boxes, {len(picture.rules)} rules")
+        return 0
+
+    return _with_client(args, save)
 
 
 def _keys_generate(args: argparse.Namespace) -> int:

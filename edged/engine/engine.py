@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
+import structlog
 
 from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.processor import ImageProcessor
@@ -26,6 +27,8 @@ from edged.engine.sampling import SamplingOptions, TokenSampler
 from edged.engine.state import State
 from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
+
+log = structlog.get_logger()
 
 Image = bytes | str | Path | np.ndarray
 """An encoded picture (PNG, JPEG), a path to one, or an H x W x 3 uint8 RGB frame."""
@@ -77,10 +80,13 @@ class Engine:
             cuda = "CUDAExecutionProvider" in ort.get_available_providers()
             provider = "cuda" if self.manifest.target == "cuda" and cuda else "cpu"
         self.fingerprint = self.manifest.fingerprint
-        self.max_length = max_length
         self.prefill_chunk = prefill_chunk
-        self.counters = EngineCounters()
         config = json.loads((self.package / "genai_config.json").read_text())["model"]
+        context = int(config.get("context_length") or max_length)
+        if max_length > context:  # past it the rotary tables end: the decoder would fail mid-answer
+            log.warning("max_length capped at the model's context length", asked=max_length, context_length=context)
+        self.max_length = min(max_length, context)
+        self.counters = EngineCounters()
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
         self._options.inter_op_num_threads = 1

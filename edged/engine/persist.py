@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from edged.engine.state import State
+from edged.files import write_atomically
 
 FORMAT = "edged-state/1"
 _LOGITS = "__logits__"
@@ -43,18 +43,7 @@ def save_state(state: State, path: Path, extra: dict[str, str] | None = None) ->
         **(extra or {}),
     }
     data = save(tensors, metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    write_atomically(path, data)
     return len(data)
 
 

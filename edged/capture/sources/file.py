@@ -20,7 +20,8 @@ class FileSource:
         self._capture = None
         self._images: list[Path] = []
         self._position = 0
-        self._interval = 0.0
+        self.interval = 0.0
+        """Seconds between frames in the recording (a folder of images: 1 / folder_fps)."""
         self._pacer: Pacer | None = None
 
     def open(self) -> None:
@@ -30,17 +31,17 @@ class FileSource:
             self._images = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self._images:
                 raise SourceError(f"{self.path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            self._interval = 1 / self._folder_fps
+            self.interval = 1 / self._folder_fps
         elif self.path.is_file():
             self._capture = cv2.VideoCapture(str(self.path))
             if not self._capture.isOpened():
                 raise SourceError(f"{self.path}: not a video OpenCV can decode")
             fps = self._capture.get(cv2.CAP_PROP_FPS) or 25.0
-            self._interval = 1 / fps
+            self.interval = 1 / fps
         else:
             raise SourceError(f"{self.path}: no such file or folder")
         self._position = 0
-        self._pacer = Pacer(self._interval) if self.realtime else None
+        self._pacer = Pacer(self.interval) if self.realtime else None
 
     def read(self, timeout: float) -> np.ndarray | None:
         import cv2
