@@ -38,6 +38,18 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     capture.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     capture.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
     capture.set_defaults(handler=_capture)
+    agent = sub.add_parser(
+        "agent", help="the whole daemon: capture-to-rules and capture-to-event latency, answer speed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the daemon on a model with a synthetic camera (1 frame/s, 4 rules, a description every\n"
+        "10 s), ask it three questions, and report how fresh its rule decisions are and how fast it\n"
+        "answers, as status and the events' timestamps show them.",
+    )
+    agent.add_argument("--model", type=Path, default=None, metavar="DIR", help="model package (default: the bundled one)")
+    agent.add_argument("--seconds", type=float, default=60.0, help="how long to watch (default 60)")
+    agent.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    agent.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
+    agent.set_defaults(handler=_agent)
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -61,4 +73,13 @@ def _capture(args: argparse.Namespace) -> int:
 
     runs = run_capture_bench(seconds=args.seconds)
     print(as_json(runs) if args.as_json else format_table(runs))
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from edged.bench.agent import as_json, format_table, run_agent_bench
+    from edged.models.installed import BUNDLED_PACKAGE
+
+    result = run_agent_bench(args.model or BUNDLED_PACKAGE, seconds=args.seconds, threads=args.threads)
+    print(as_json(result) if args.as_json else format_table(result))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 from edged import __version__
-from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, load_config, parse_override
+from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, Settings, load_config, parse_override
 from edged.config.loader import DEFAULT_CONFIG_PATH, DROP_IN_DIR
 from edged.logs import LogFormat, LogLevel
 
@@ -153,6 +153,21 @@ def config_overrides(args: argparse.Namespace) -> list[Override]:
     if args.log_format:
         overrides.append(Override("log.format", args.log_format, "flag --log-format"))
     return overrides
+
+
+def settings_and_model(args: argparse.Namespace, model: Path | None = None) -> tuple[Settings, Path] | int:
+    """For tools that run a model: the config as the daemon reads it and the package its
+    ``[model] path`` chooses (or ``model``); else EX_CONFIG, after saying why."""
+    from edged.models.installed import ModelSelectionError, choose_model
+
+    try:
+        settings = load_config(args.config, config_overrides(args)).settings
+        return settings, model or choose_model(settings.model).path
+    except ConfigError as error:
+        print(*error.problems, sep="\n", file=sys.stderr)
+    except ModelSelectionError as error:
+        print(f"edged {args.command}: {error}", file=sys.stderr)
+    return EX_CONFIG
 
 
 def _load(args: argparse.Namespace, path: Path | None) -> LoadedConfig | None:

@@ -32,3 +32,11 @@ def test_bench_capture_runs_and_reports_every_camera() -> None:
     assert result.returncode == 0, result.stderr
     runs = json.loads(result.stdout)
     assert len(runs) == 5 and all(run["frames_per_s"] > 0 for run in runs)
+
+
+def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
+    result = edged("bench", "agent", "--seconds", "4", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames_with_rules"] > 0 and report["frame_to_rules_ms_p50"] > 0
+    assert report["ask_ms_p50"] > 0 and report["status_tokens_per_s"] > 0 and report["images_encoded"] > 0

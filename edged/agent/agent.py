@@ -63,6 +63,7 @@ class AgentPart:
         self.engine: Engine | None = None
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
+        self._frame_to_rules_ms: float | None = None
 
     # -- the lifecycle (main thread) -------------------------------------------------------
 
@@ -124,7 +125,7 @@ class AgentPart:
             "sessions": len(self._sessions) if engine else None,
             "tokens_per_s": tasks.figures.tokens_per_s if tasks else None,
             "ttft_ms": tasks.figures.ttft_ms if tasks else None,
-            "frame_to_event_ms": self._frame_to_event_ms,
+            "frame_to_event_ms": self._frame_to_event_ms, "frame_to_rules_ms": self._frame_to_rules_ms,
             "drops": sum(self._queue.dropped.values()), "jobs_dropped": dict(self._queue.dropped),
             "rules": {name: [t.state() for t in trackers] for name, trackers in self._trackers.items()},
             "engine_loads": self.engine_loads, "prompt_version": tasks.prompt_version if tasks else None,
@@ -211,6 +212,8 @@ class AgentPart:
         read = self._read(frame)
         probability = self._tasks.rule_probability(read, tracker.rule)
         phase = tracker.update(probability, frame.monotonic)
+        if tracker is self._trackers[frame.camera][-1]:
+            self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
         if phase is None:
             return
         event = RuleEvent(rule=tracker.rule.id, version=tracker.rule.version, phase=phase,

@@ -146,19 +146,12 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
 
 def _replay(args: argparse.Namespace) -> int:
     from edged.capture.sources import SourceError
-    from edged.cli import config_overrides
-    from edged.config import EX_CONFIG, ConfigError, load_config
-    from edged.models.installed import ModelSelectionError, choose_model
+    from edged.cli import settings_and_model
 
-    try:
-        settings = load_config(args.config, config_overrides(args)).settings
-        model = choose_model(settings.model)
-    except ConfigError as error:
-        print(*error.problems, sep="\n", file=sys.stderr)
-        return EX_CONFIG
-    except ModelSelectionError as error:
-        print(f"edged replay: {error}", file=sys.stderr)
-        return EX_CONFIG
+    loaded = settings_and_model(args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, package = loaded
     cameras = settings.cameras
     name = args.camera or (next(iter(cameras)) if len(cameras) == 1 else None)
     if name not in cameras:
@@ -171,7 +164,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"edged replay: camera {name!r} has no rules, detect_every_s or describe_every_s: nothing to run",
               file=sys.stderr)
         return 2
-    engine = Engine(model.path, threads=settings.model.threads, max_length=settings.model.max_length)
+    engine = Engine(package, threads=settings.model.threads, max_length=settings.model.max_length)
     tasks = FrameTasks(engine, settings.agent.system_prompt)
     summary = ReplaySummary()
     next_progress = time.monotonic() + PROGRESS_EVERY_S

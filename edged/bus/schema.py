@@ -89,7 +89,9 @@ class Status(_Model):
     requests_busy: int = Field(0, description="requests refused as busy since start")
     tokens_per_s: float | None = None
     ttft_ms: float | None = Field(None, description="time to first token, last answer")
-    frame_to_event_ms: float | None = None
+    frame_to_event_ms: float | None = Field(None, description="capture to publication, last event")
+    frame_to_rules_ms: float | None = Field(
+        None, description="capture to the last of a frame's rules evaluated, newest frame with rules")
     drops: int = Field(0, description="inference jobs dropped since start, all kinds")
     jobs_dropped: dict[str, int] = Field(
         default_factory=dict, description="jobs dropped because their frame or request went stale, by kind")

@@ -47,22 +47,15 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from edged.cli import config_overrides
-    from edged.config import EX_CONFIG, ConfigError, load_config
+    from edged.cli import settings_and_model
     from edged.engine.engine import Engine, EngineError, GenerationOptions
     from edged.engine.sampling import SamplingOptions
-    from edged.models.installed import ModelSelectionError, choose_model
     from edged.models.manifest import ManifestError
 
-    try:
-        settings = load_config(args.config, config_overrides(args)).settings
-        package = args.model or choose_model(settings.model).path
-    except ConfigError as error:
-        print(*error.problems, sep="\n", file=sys.stderr)
-        return EX_CONFIG
-    except ModelSelectionError as error:
-        print(f"edged generate: {error}", file=sys.stderr)
-        return EX_CONFIG
+    loaded = settings_and_model(args, args.model)
+    if isinstance(loaded, int):
+        return loaded
+    settings, package = loaded
     for image in args.image:
         if not image.is_file():
             print(f"edged generate: {image}: no such file", file=sys.stderr)

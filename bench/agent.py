@@ -1,0 +1,148 @@
+"""The whole daemon on one model: how fresh its rule decisions are and how fast it answers.
+
+The daemon runs as it would in production (a subprocess, its own bus), watching a synthetic
+camera at 1 frame/s with four rules and a description every 10 s, while a client asks it
+questions. Reported: capture-to-rules latency (from status, every frame), capture-to-event
+latency (from the events' own timestamps), the answers' round trip (client side) with time
+to first token and tokens/s as status reports them, and the agent's dropped jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RULES = ("Is there a person in the picture", "Is a door open", "Is there a vehicle", "Is it dark")
+QUESTIONS = ("What is in the picture?", "What colours do you see?", "Is anything moving?")
+
+
+@dataclass
+class AgentBench:
+    model: str
+    seconds: float
+    frames_with_rules: int
+    frame_to_rules_ms_p50: float | None
+    frame_to_rules_ms_max: float | None
+    frame_to_event_ms_p50: float | None
+    events: int
+    ask_ms_p50: float
+    """A 32-token answer's round trip, as the client sees it."""
+    status_ttft_ms: float | None
+    status_tokens_per_s: float | None
+    jobs_dropped: dict[str, int]
+    images_encoded: int
+
+
+def _config(folder: Path, model: Path, threads: int) -> Path:
+    rules = "".join(f'\n[[cameras.bench.rules]]\nid = "rule{n}"\nwhen = "{when}"\n' for n, when in enumerate(RULES))
+    path = folder / "edged.toml"
+    path.write_text(f"""
+[model]
+path = "{model}"
+threads = {threads}
+[state]
+dir = "{folder / 'state'}"
+[bus]
+events = "ipc://{folder}/events.sock"
+control = "ipc://{folder}/control.sock"
+status_interval_s = 1.0
+[cameras.bench]
+source = "synthetic"
+fps = 1.0
+gate_threshold = 0.0
+describe_every_s = 10.0
+{rules}""")
+    return path
+
+
+def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0) -> AgentBench:
+    from edged.client import Client, Subscriber
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        config = _config(folder, model.resolve(), threads)
+        log = (folder / "daemon.log").open("w")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGED_", "NOTIFY_SOCKET"))}
+        daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            control, events = f"ipc://{folder}/control.sock", f"ipc://{folder}/events.sock"
+            _wait_ready(control, daemon)
+            rules_latency: list[float] = []
+            event_latency: list[float] = []
+            round_trips: list[float] = []
+            with Client(control, timeout=120) as client, Subscriber(events, ["edged."]) as subscriber:
+                started = time.monotonic()
+                asked = 0
+                while time.monotonic() - started < seconds:
+                    received = subscriber.receive(timeout=0.5)
+                    if received is not None:
+                        event = received.event
+                        if event.kind == "status" and event.data.frame_to_rules_ms is not None:
+                            rules_latency.append(event.data.frame_to_rules_ms)
+                        elif event.kind in ("rule", "description") and event.data.provenance.frame_ts:
+                            event_latency.append((event.ts - event.data.provenance.frame_ts) * 1000)
+                    if asked < len(QUESTIONS) and time.monotonic() - started > (asked + 1) * seconds / (len(QUESTIONS) + 1):
+                        sent = time.perf_counter()
+                        answer = client.ask(QUESTIONS[asked], camera="bench", max_tokens=32)
+                        "".join(answer)  # a random model's tokens may decode to no text: time the final reply
+                        round_trips.append((time.perf_counter() - sent) * 1000)
+                        asked += 1
+                status = client.status()
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+            log.close()
+    return AgentBench(
+        model=model.name, seconds=seconds, frames_with_rules=len(rules_latency),
+        frame_to_rules_ms_p50=_median(rules_latency), frame_to_rules_ms_max=max(rules_latency, default=None),
+        frame_to_event_ms_p50=_median(event_latency), events=len(event_latency),
+        ask_ms_p50=_median(round_trips) or 0.0,
+        status_ttft_ms=status.ttft_ms, status_tokens_per_s=status.tokens_per_s,
+        jobs_dropped=status.jobs_dropped, images_encoded=status.images_encoded or 0,
+    )
+
+
+def _wait_ready(control: str, daemon: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the daemon's bus answers with the model loaded (loading 0.8B takes seconds)."""
+    from edged.client import Client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with status {daemon.returncode} before it was ready")
+        try:
+            with Client(control, timeout=1) as client:
+                if client.status().engine_loads:
+                    return
+        except TimeoutError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the daemon was not ready within {timeout:g} s")
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def format_table(bench: AgentBench) -> str:
+    return "\n".join([
+        f"edged bench agent: {bench.model}, {bench.seconds:g} s, 1 synthetic camera at 1 frame/s, {len(RULES)} rules",
+        f"capture to rules evaluated, ms  p50 {bench.frame_to_rules_ms_p50}  max {bench.frame_to_rules_ms_max}"
+        f"  ({bench.frames_with_rules} status samples)",
+        f"capture to event, ms            p50 {bench.frame_to_event_ms_p50}  ({bench.events} events)",
+        f"32-token answers: round trip p50 {bench.ask_ms_p50} ms (client); last answer's TTFT "
+        f"{bench.status_ttft_ms} ms, {bench.status_tokens_per_s} tokens/s (status)",
+        f"jobs dropped: {bench.jobs_dropped or 'none'}; images encoded: {bench.images_encoded}",
+    ])
+
+
+def as_json(bench: AgentBench) -> str:
+    return json.dumps(asdict(bench))
