@@ -314,6 +314,8 @@ gate_threshold = 0.0
             client.call("rules.set", camera="back", rules=[])
         assert list(client.call("rules.list", camera="front")["front"][0]) == list(RuleState.model_fields)
 
+        with pytest.raises(BusError, match="not_found: no camera back; cameras: front"):
+            client.snapshot("back")
         drawn = client.snapshot("front", "png")
         assert [r.id for r in drawn.rules] == ["set_live"] and drawn.rules[0].active
 

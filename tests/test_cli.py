@@ -26,12 +26,22 @@ def test_help_lists_commands_config_sources_and_examples() -> None:
 
 
 def test_every_subcommand_has_help() -> None:
-    for command in (["run"], ["config"], ["config", "check"], ["config", "show"]):
+    for command in (["run"], ["config"], ["config", "check"], ["config", "show"], ["replay"], ["snapshot"]):
         result = edged(*command, "--help")
         assert result.returncode == 0, command
         assert result.stdout.startswith(f"usage: edged {' '.join(command)}")
     run_help = edged("run", "--help").stdout
     assert "SIGHUP" in run_help and "exit status" in run_help
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`edged schema | head -1`: a closed pipe ends the command quietly."""
+    import subprocess
+    import sys
+
+    shell = subprocess.run(f"{sys.executable} -m edged schema | head -c 10", shell=True, capture_output=True,
+                           text=True, cwd=REPO, timeout=60)
+    assert shell.stdout == '{\n  "versi' and shell.stderr == ""
 
 
 def test_no_command_prints_help_and_fails() -> None:

@@ -133,6 +133,9 @@ class AgentPart:
 
     def _snapshot(self, request: Request, respond: Responder) -> None:
         camera = request.camera  # type: ignore[union-attr]
+        if camera not in self._capture.cameras:
+            respond.error("not_found", f"no camera {camera}; cameras: {', '.join(self._capture.cameras) or 'none'}")
+            return
         frame = self._newest.get(camera)
         if frame is None:
             respond.error("not_found", f"no frame yet from camera {camera}")

@@ -33,7 +33,9 @@ def draw(rgb: np.ndarray, objects: list[DetectedObject], rules: list[RuleState])
         text = f"{rule.id}: {'ACTIVE' if rule.active else 'inactive'} p={p}"
         colour = ACTIVE if rule.active else INACTIVE
         origin = (6, row * line)
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)  # outline
+        (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        # A dark band behind each line keeps it readable on any scene.
+        cv2.rectangle(image, (2, origin[1] - height - 3), (origin[0] + width + 4, origin[1] + baseline + 1), (0, 0, 0), -1)
         cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
     return image
 
