@@ -128,9 +128,11 @@ class Client:
         return None
 
     def ask(self, question: str, camera: str | None = None, session: str | None = None,
-            max_tokens: int = 256) -> AnswerStream:
-        """The answer: iterate it for the text as it streams, then read ``.final``."""
-        fields = {"question": question, "camera": camera, "session": session, "max_tokens": max_tokens}
+            max_tokens: int = 256, frame_seq: int | None = None) -> AnswerStream:
+        """The answer: iterate it for the text as it streams, then read ``.final``.
+        ``frame_seq`` asks about that recent frame of ``camera`` instead of its newest."""
+        fields = {"question": question, "camera": camera, "session": session, "max_tokens": max_tokens,
+                  "frame_seq": frame_seq}
         return AnswerStream(self.request("ask", **{k: v for k, v in fields.items() if v is not None}))
 
     def status(self) -> Status:

@@ -45,6 +45,8 @@ def wait_for_frame(client: Client, camera: str, timeout: float = 20) -> Snapshot
 
 def test_rule_events_arrive_valid_with_provenance(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
     config = write_config(tmp_path / "edged.toml", """
+[agent]
+frames_kept = 64
 [cameras.front]
 source = "synthetic"
 fps = 5.0
@@ -67,6 +69,15 @@ consecutive = 8
     assert event.data.rule == "anything" and event.data.phase == "begin"
     assert event.data.provenance.frame_seq is not None and event.data.provenance.frame_hash
     assert event.data.provenance.model and event.data.provenance.prompt_version == event.data.version
+    seq = event.data.provenance.frame_seq
+    with Client(daemon.control, timeout=30) as client:  # a question about the very frame the event was about
+        answer = client.ask("Who is it?", camera="front", frame_seq=seq, max_tokens=4)
+        "".join(answer)
+        assert answer.final.provenance.frame_seq == seq and answer.final.provenance.frame_hash == event.data.provenance.frame_hash
+        with pytest.raises(BusError, match="not_found: frame 999999 of camera front is not among the frames kept"):
+            "".join(client.ask("Who is it?", camera="front", frame_seq=999999))
+        with pytest.raises(BusError, match="bad_request.*give camera too"):
+            "".join(client.ask("Who is it?", frame_seq=seq))
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 

@@ -56,6 +56,7 @@ class AgentPart:
         self._trackers: dict[str, list[RuleTracker]] = {
             name: trackers_for(camera.rules, []) for name, camera in settings.cameras.items()}
         self._newest: dict[str, Frame] = {}
+        self._recent: dict[str, tuple[Frame, ...]] = {}
         self._detections: dict[str, Detection] = {}
         self._reads: dict[str, ReadFrame] = {}
         self._last_run: dict[tuple[str, int], float] = {}
@@ -172,6 +173,8 @@ class AgentPart:
             return False
         name, frame = found
         self._newest = {**self._newest, name: frame}
+        recent = (*self._recent.get(name, ()), frame)
+        self._recent = {**self._recent, name: recent[-self._settings.agent.frames_kept:]}
         deadline = frame.monotonic + self._settings.agent.stale_after_s
         for tracker in self._trackers.get(name, []):
             self._queue.put(RULES, partial(self._evaluate, frame, tracker), deadline)
@@ -277,9 +280,15 @@ class AgentPart:
             closing = "" if state.pending and state.pending[-1] in self.engine.eos_token_ids else "<|im_end|>"  # type: ignore[union-attr]
             prompt = f"{closing}\n<|im_start|>user\n{request.question}"
         else:
-            read = self._newest_read(request.camera)
+            if request.frame_seq is not None:
+                named = [f for f in self._recent.get(request.camera, ()) if f.seq == request.frame_seq]
+                read = self._read(named[0]) if named else None
+                missing = f"frame {request.frame_seq} of camera {request.camera} is not among the frames kept"
+            else:
+                read = self._newest_read(request.camera)
+                missing = f"no frame yet from camera {request.camera or '(any)'}"
             if read is None:
-                respond.error("not_found", f"no frame yet from camera {request.camera or '(any)'}")
+                respond.error("not_found", missing)
                 return
             state, prompt = read.state.fork(), request.question
         max_tokens = min(request.max_tokens, self._settings.agent.answer_max_tokens)

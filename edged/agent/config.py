@@ -43,6 +43,9 @@ class AgentConfig(BaseModel):
         min_length=1, description="what the model is told before every frame",
     )
     answer_max_tokens: int = Field(256, gt=0, description="longest answer to an ask")
+    frames_kept: int = Field(
+        8, ge=1, le=256, description="recent frames per camera an ask may name by frame_seq (kept as pixels, read again when asked)"
+    )
     stale_after_s: float = Field(
         10.0, gt=0, description="rule, detect and describe work on a frame older than this is dropped (and counted)"
     )

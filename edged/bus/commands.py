@@ -45,6 +45,8 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
                               description="Ask about a camera's newest frame; the answer streams as it is generated.")
     ask.add_argument("question")
     ask.add_argument("--camera", help="whose newest frame (default: the daemon's first camera)")
+    ask.add_argument("--frame", type=int, metavar="SEQ",
+                     help="ask about this recent frame (an event's provenance.frame_seq) instead of the newest")
     ask.add_argument("--session", help="continue this conversation (the image is not read again)")
     ask.set_defaults(handler=_ask)
 
@@ -141,7 +143,7 @@ def _with_client(args: argparse.Namespace, work: Any) -> int:
 
 def _ask(args: argparse.Namespace) -> int:
     def ask(client) -> int:
-        for piece in client.ask(args.question, camera=args.camera, session=args.session):
+        for piece in client.ask(args.question, camera=args.camera, session=args.session, frame_seq=args.frame):
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()

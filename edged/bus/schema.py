@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 PROTOCOL_VERSION = 1
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -187,8 +187,17 @@ class AskRequest(_Request):
     op: Literal["ask"] = "ask"
     question: str = Field(min_length=1, max_length=4000)
     camera: Name | None = Field(None, description="whose newest frame to ask about")
+    frame_seq: int | None = Field(
+        None, ge=0, description="ask about this frame of the camera (an event's provenance.frame_seq) instead "
+        "of the newest; the agent keeps the last [agent] frames_kept frames")
     session: str | None = Field(None, max_length=128, description="continue this conversation")
     max_tokens: int = Field(256, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _frame_needs_camera(self) -> AskRequest:
+        if self.frame_seq is not None and self.camera is None:
+            raise ValueError("frame_seq names a frame of one camera: give camera too")
+        return self
 
 
 class DescribeRequest(_Request):
