@@ -62,6 +62,7 @@ class AgentPart:
         self._last_run: dict[tuple[str, int], float] = {}
         self._scheduled: set[tuple[str, int]] = set()
         self.engine: Engine | None = None
+        self._tasks: FrameTasks | None = None  # with the engine, at start
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
@@ -118,8 +119,7 @@ class AgentPart:
             self._queue.put(ASK, partial(self._answer, work, request, respond), deadline)
 
     def status_figures(self) -> dict[str, Any]:
-        engine = self.engine
-        tasks = getattr(self, "_tasks", None)
+        engine, tasks = self.engine, self._tasks
         return {
             "queue_depth": len(self._queue), "model": engine.manifest.name if engine else None,
             "images_encoded": engine.counters.images_encoded if engine else None,
