@@ -26,7 +26,7 @@ from edged.agent.rules import RuleTracker, trackers_for
 from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
 from edged.agent.snapshot import snapshot
 from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
-from edged.bus.schema import Answer, Detection, Provenance, Request, RuleEvent
+from edged.bus.schema import Answer, Detection, Provenance, Request
 from edged.bus.server import Responder
 from edged.capture.frame import Frame
 from edged.capture.part import CapturePart
@@ -55,8 +55,8 @@ class AgentPart:
         # place, so the bus thread may read them (rules.list, snapshot, status) at any time.
         self._trackers: dict[str, list[RuleTracker]] = {
             name: trackers_for(camera.rules, []) for name, camera in settings.cameras.items()}
-        self._newest: dict[str, Frame] = {}
         self._recent: dict[str, tuple[Frame, ...]] = {}
+        """Each camera's last [agent] frames_kept accepted frames, newest last."""
         self._detections: dict[str, Detection] = {}
         self._reads: dict[str, ReadFrame] = {}
         self._last_run: dict[tuple[str, int], float] = {}
@@ -137,7 +137,7 @@ class AgentPart:
         if camera not in self._capture.cameras:
             respond.error("not_found", f"no camera {camera}; cameras: {', '.join(self._capture.cameras) or 'none'}")
             return
-        frame = self._newest.get(camera)
+        frame = self._newest(camera)
         if frame is None:
             respond.error("not_found", f"no frame yet from camera {camera}")
             return
@@ -172,7 +172,6 @@ class AgentPart:
         if found is None:
             return False
         name, frame = found
-        self._newest = {**self._newest, name: frame}
         recent = (*self._recent.get(name, ()), frame)
         self._recent = {**self._recent, name: recent[-self._settings.agent.frames_kept:]}
         deadline = frame.monotonic + self._settings.agent.stale_after_s
@@ -206,27 +205,27 @@ class AgentPart:
             self._reads = {**self._reads, frame.camera: read}
         return read
 
+    def _newest(self, camera: str | None) -> Frame | None:
+        """The newest accepted frame of ``camera`` (of any camera when None)."""
+        name = camera if camera is not None else next(iter(self._recent), None)
+        recent = self._recent.get(name, ()) if name is not None else ()
+        return recent[-1] if recent else None
+
     def _newest_read(self, camera: str | None) -> ReadFrame | None:
         """The newest frame of ``camera`` (of any camera when None), read."""
-        name = camera if camera is not None else next(iter(self._newest), None)
-        frame = self._newest.get(name) if name is not None else None
+        frame = self._newest(camera)
         return self._read(frame) if frame is not None else None
 
     def _evaluate(self, frame: Frame, tracker: RuleTracker) -> None:
         if tracker not in self._trackers.get(frame.camera, []):
             return  # the rule was replaced or removed after this job was queued
-        read = self._read(frame)
-        probability = self._tasks.rule_probability(read, tracker.rule)
-        phase = tracker.update(probability, frame.monotonic)
+        event = self._tasks.evaluate_rule(self._read(frame), tracker)
         if tracker is self._trackers[frame.camera][-1]:
             self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
-        if phase is None:
-            return
-        event = RuleEvent(rule=tracker.rule.id, version=tracker.rule.version, phase=phase,
-                          probability=round(probability, 4),
-                          provenance=read.provenance.model_copy(update={"prompt_version": tracker.rule.version}))
-        self._publish("rule", frame, event)
-        log.info("rule event", camera=frame.camera, rule=tracker.rule.id, phase=phase, probability=round(probability, 3))
+        if event is not None:
+            self._publish("rule", frame, event)
+            log.info("rule event", camera=frame.camera, rule=event.rule, phase=event.phase,
+                     probability=round(event.probability, 3))
 
     def _detect_periodically(self, camera: str) -> None:
         read = self._newest_read(camera)

@@ -105,12 +105,9 @@ def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraConfig,
 
         for tracker in trackers:
             read = read or tasks.read(frame)
-            probability = tasks.rule_probability(read, tracker.rule)
-            phase = tracker.update(probability, clip_s)
-            if phase is not None:
-                event("rule", RuleEvent(rule=tracker.rule.id, version=tracker.rule.version, phase=phase,
-                                        probability=round(probability, 4), provenance=read.provenance.model_copy(
-                                            update={"prompt_version": tracker.rule.version})))
+            rule_event = tasks.evaluate_rule(read, tracker)
+            if rule_event is not None:
+                event("rule", rule_event)
         if config.detect_every_s and clip_s - last["detect"] >= config.detect_every_s:
             last["detect"] = clip_s
             read = read or tasks.read(frame)

@@ -68,10 +68,6 @@ class JobQueue:
         self._added.wait(timeout)
         self._added.clear()
 
-    def most_urgent(self) -> int | None:
-        with self._lock:
-            return self._heap[0].priority if self._heap else None
-
     def __len__(self) -> int:
         return len(self._heap)
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from edged.agent.config import RuleConfig
-from edged.bus.schema import Description, DetectedObject, Detection, Provenance
+from edged.agent.rules import RuleTracker
+from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
 from edged.engine.state import State
@@ -95,6 +96,17 @@ class FrameTasks:
         yes = np.exp(logits[self._yes] - top).sum()
         no = np.exp(logits[self._no] - top).sum()
         return float(yes / (yes + no))
+
+    def evaluate_rule(self, read: ReadFrame, tracker: RuleTracker) -> RuleEvent | None:
+        """Feed the rule's P(yes) on this frame to its tracker (at the frame's time); the
+        event that causes, if any."""
+        probability = self.rule_probability(read, tracker.rule)
+        phase = tracker.update(probability, read.frame.monotonic)
+        if phase is None:
+            return None
+        rule = tracker.rule
+        return RuleEvent(rule=rule.id, version=rule.version, phase=phase, probability=round(probability, 4),
+                         provenance=read.provenance.model_copy(update={"prompt_version": rule.version}))
 
     def describe(self, read: ReadFrame, cancel: threading.Event | None = None) -> Description:
         return Description(text=self.generate(read.state.fork(), DESCRIBE_PROMPT, 48, cancel=cancel),
