@@ -43,8 +43,8 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     )
     build.add_argument("source", nargs="?", help="checkpoint folder or hub id, e.g. Qwen/Qwen3.5-0.8B")
     build.add_argument("--out", type=Path, required=True, metavar="DIR", help="package folder to write (replaced)")
-    build.add_argument("--precision", choices=["int4", "fp16", "fp32"], default="int4", help="decoder weights (default int4)")
-    build.add_argument("--target", choices=["cpu", "cuda"], default="cpu", help="execution provider (default cpu)")
+    build.add_argument("--precision", choices=["int4", "fp16", "fp32"], help="decoder weights (default int4)")
+    build.add_argument("--target", choices=["cpu", "cuda"], help="execution provider (default cpu)")
     build.add_argument("--text-only", action="store_true", help="leave out the vision encoder")
     build.add_argument("--all-logits", action="store_true",
                        help="compute logits at every prompt position (default: the last only, ~30%% faster prefill)")
@@ -106,12 +106,20 @@ def _build(args: argparse.Namespace) -> int:
         return 1
     try:
         if size is not None:
-            manifests = build_random_packages(args.out, size, _progress, keep_checkpoint=args.keep_checkpoint)
+            fixed = [flag for flag, given in (("--precision", args.precision), ("--target", args.target),
+                                              ("--text-only", args.text_only), ("--name", args.name)) if given]
+            if fixed:
+                print(f"edged models build: {', '.join(fixed)} choose how SOURCE is built; a random model's "
+                      "packages are a fixed set (text and vision-language, see models/README.md)", file=sys.stderr)
+                return 2
+            manifests = build_random_packages(args.out, size, _progress, keep_checkpoint=args.keep_checkpoint,
+                                              all_logits=args.all_logits)
             for manifest in manifests:
                 print(f"{manifest.name}: {manifest.size_bytes / 1e6:.1f} MB, fingerprint {manifest.fingerprint[:16]}")
             return 0
-        name = args.name or f"{Path(args.source.rstrip('/')).name.lower()}-{'text-' if args.text_only else ''}{args.precision}-{args.target}"
-        options = BuildOptions(precision=args.precision, target=args.target, text_only=args.text_only,
+        precision, target = args.precision or "int4", args.target or "cpu"
+        name = args.name or f"{Path(args.source.rstrip('/')).name.lower()}-{'text-' if args.text_only else ''}{precision}-{target}"
+        options = BuildOptions(precision=precision, target=target, text_only=args.text_only,
                                all_logits=args.all_logits, name=name, source_label=args.source)
         checkpoint = fetch_checkpoint(args.source, _progress)
         manifest = build_package(checkpoint, args.out, options, _progress)

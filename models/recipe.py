@@ -318,7 +318,8 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
 }
 
 
-def build_random_packages(out: Path, size: str, progress: Progress = print, keep_checkpoint: bool = False) -> list[Manifest]:
+def build_random_packages(out: Path, size: str, progress: Progress = print, keep_checkpoint: bool = False,
+                          all_logits: bool = False) -> list[Manifest]:
     """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders."""
     from dataclasses import replace
 
@@ -332,7 +333,8 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
         manifests = []
         for folder, options in RANDOM_PACKAGES[size]:
             progress(f"package {folder}")
-            named = replace(options, name=f"edged-{size}-{folder}", source_label=f"random {size} checkpoint, seed {SEED}")
+            named = replace(options, name=f"edged-{size}-{folder}", source_label=f"random {size} checkpoint, seed {SEED}",
+                            all_logits=all_logits)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
     return manifests
 

@@ -279,3 +279,10 @@ def test_build_needs_a_source_or_a_random_size(tmp_path: Path) -> None:
     result = edged("models", "build", "--out", str(tmp_path / "pkg"))
     assert result.returncode == 2
     assert "give a SOURCE checkpoint, or --tiny / --size" in result.stderr
+
+
+def test_build_of_a_random_model_refuses_options_it_would_ignore(tmp_path: Path) -> None:
+    result = edged("models", "build", "--tiny", "--text-only", "--out", str(tmp_path / "pkg"))
+    assert result.returncode == 2
+    assert "--text-only choose how SOURCE is built" in result.stderr
+    assert not (tmp_path / "pkg").exists()

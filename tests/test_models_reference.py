@@ -156,6 +156,23 @@ def test_decoder_computes_last_position_logits_unless_asked_for_all(rebuilt: Pat
     assert json.loads((rebuilt / "text-fp32/edged-model.json").read_text())["lm_head"] == "last"
     assert logits_shape(rebuilt / "text-fp32")[1] == 1
 
+    # The engine applies the lm_head to the last position of either kind of package, and
+    # gives og.Generator's tokens and logits on the one og runs with logits everywhere.
+    from edged.engine.engine import Engine
+
+    ids, og_tokens, og_logits = og_greedy(tmp_path / "all")
+    for package in (tmp_path / "all", rebuilt / "text-fp32"):
+        engine = Engine(package)
+        assert next(o.shape for o in engine.decoder.get_outputs() if o.name == "logits")[1] == 1
+        state = engine.new_state()
+        tokens, logits, current = [], [], engine.extend(state, ids)
+        for _ in og_tokens:
+            logits.append(current.copy())
+            tokens.append(int(np.argmax(current)))
+            current = engine.extend(state, tokens[-1:])
+        assert tokens == og_tokens
+        np.testing.assert_allclose(np.stack(logits), og_logits, atol=1e-4, rtol=0)
+
 
 def test_int4_multimodal_package_embeds_text_exactly_as_the_text_package(rebuilt: Path) -> None:
     # Its embedding shares the decoder's int4 token table rather than a float32 copy 8x larger.

@@ -87,15 +87,10 @@ class Engine:
             log.warning("max_length capped at the model's context length", asked=max_length, context_length=context)
         self.max_length = min(max_length, context)
         self.counters = EngineCounters()
-        self._options = ort.SessionOptions()
-        self._options.intra_op_num_threads = threads
-        self._options.inter_op_num_threads = 1
-        # Without the arena a long prompt's activations go back to the allocator when the
-        # call ends, instead of staying reserved for the life of the process (-25 MB at 0.8B).
-        self._options.enable_cpu_mem_arena = False
+        self._threads = threads
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
-        self.decoder = self._session(config["decoder"]["filename"])
+        self.decoder = self._decoder(config["decoder"]["filename"])
         self.tokenizer = og.Tokenizer(str(self.package))
         self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
         self.multimodal = "embedding" in config
@@ -174,8 +169,32 @@ class Engine:
 
     # -- the model's parts -------------------------------------------------------------------
 
-    def _session(self, filename: str) -> ort.InferenceSession:
-        return ort.InferenceSession(str(self.package / filename), self._options, providers=self._providers)
+    def _decoder(self, filename: str) -> ort.InferenceSession:
+        if self.manifest.lm_head == "last":
+            return self._session(filename)
+        # Only the last position's logits are ever read: see graph.py. Imported here, as onnx
+        # costs 11 MB of memory that a package built by edged does not need.
+        from edged.engine.graph import GraphError, decoder_with_last_logits
+
+        path = self.package / filename
+        try:
+            return self._session(decoder_with_last_logits(path), folder=path.parent)
+        except GraphError as error:
+            log.warning("running the decoder with logits at every position", reason=str(error))
+            return self._session(filename)
+
+    def _session(self, model: str | bytes, folder: Path | None = None) -> ort.InferenceSession:
+        """A part of the package: a file in it, or a graph in memory whose weights are in ``folder``."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        # Without the arena a long prompt's activations go back to the allocator when the
+        # call ends, instead of staying reserved for the life of the process (-25 MB at 0.8B).
+        options.enable_cpu_mem_arena = False
+        if isinstance(model, str):
+            return ort.InferenceSession(str(self.package / model), options, providers=self._providers)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        return ort.InferenceSession(model, options, providers=self._providers)
 
     def _zeros(self, arg: ort.NodeArg) -> ort.OrtValue:
         shape = [1 if d == "batch_size" else 0 if "sequence" in str(d) else self._head_size if isinstance(d, str) else d
