@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from edged.engine.memory import TRIM_AFTER_TOKENS, release_free_memory
 from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.processor import ImageProcessor
 from edged.engine.sampling import SamplingOptions, TokenSampler
@@ -241,6 +242,8 @@ class Engine:
             end = start + self.prefill_chunk
             self._run_once(state, ids[start:end], np.ascontiguousarray(positions[:, :, start:end]),
                            None if embeds is None else embeds[:, start:end])
+        if len(ids) >= TRIM_AFTER_TOKENS:
+            release_free_memory()
 
     def _run_once(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
         """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""

@@ -1,0 +1,29 @@
+"""Memory freed after a big model run, handed back to the system.
+
+ONNX Runtime's CPU arena is off (see Engine), so what a run allocates goes back to glibc's
+malloc when the run ends; but glibc keeps it in the process's heap for reuse, and a long
+prompt or an image leaves tens of MB there that the daemon would hold for nothing. At 0.8B,
+a 512-token prompt then three of 128 tokens took peak RSS from 889 to 956 MB that way.
+``malloc_trim`` gives free heap pages back to the kernel; it costs 1 to 5 ms, so it follows
+only runs long enough for that not to matter. Where the C library is not glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (AttributeError, OSError):  # not glibc
+    _malloc_trim = None
+
+TRIM_AFTER_TOKENS = 64
+"""A run of this many tokens frees MBs of activations and takes at least 0.3 s at 0.8B."""
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the kernel; False where that is not possible."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
