@@ -38,6 +38,8 @@ class AgentBench:
     status_tokens_per_s: float | None
     jobs_dropped: dict[str, int]
     images_encoded: int
+    daemon_peak_rss_mb: float
+    """The daemon's peak resident memory over the run: what a board must have for it."""
 
 
 def _config(folder: Path, model: Path, threads: int) -> Path:
@@ -96,6 +98,7 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0) -> Age
                         round_trips.append((time.perf_counter() - sent) * 1000)
                         asked += 1
                 status = client.status()
+            peak_mb = _peak_rss_mb(daemon.pid)
         finally:
             daemon.terminate()
             daemon.wait(30)
@@ -107,7 +110,13 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0) -> Age
         ask_ms_p50=_median(round_trips) or 0.0,
         status_ttft_ms=status.ttft_ms, status_tokens_per_s=status.tokens_per_s,
         jobs_dropped=status.jobs_dropped, images_encoded=status.images_encoded or 0,
+        daemon_peak_rss_mb=peak_mb,
     )
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
 
 
 def _wait_ready(control: str, daemon: subprocess.Popen, timeout: float = 300) -> None:
@@ -141,6 +150,7 @@ def format_table(bench: AgentBench) -> str:
         f"32-token answers: round trip p50 {bench.ask_ms_p50} ms (client); last answer's TTFT "
         f"{bench.status_ttft_ms} ms, {bench.status_tokens_per_s} tokens/s (status)",
         f"jobs dropped: {bench.jobs_dropped or 'none'}; images encoded: {bench.images_encoded}",
+        f"daemon peak RSS: {bench.daemon_peak_rss_mb} MB",
     ])
 
 

@@ -41,3 +41,4 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
     report = json.loads(result.stdout)
     assert report["frames_with_rules"] > 0 and report["frame_to_rules_ms_p50"] > 0
     assert report["ask_ms_p50"] > 0 and report["status_tokens_per_s"] > 0 and report["images_encoded"] > 0
+    assert report["daemon_peak_rss_mb"] > 50

@@ -1,9 +1,9 @@
 """A decoder that computes logits at every position, rewritten to compute them at the last.
 
 The ORT GenAI builder's default decoder applies the lm_head at every position of a prompt.
-At Qwen3.5 Small sizes the lm_head is a quarter of the weights, so that is about a third
-of a prompt's compute and 1 MB of float32 logits per token, of which the engine only ever
-reads the last row. Packages edged builds leave it out (``lm_head = "last"`` in their
+At 0.8B the lm_head (the tied 248K-token embedding) is a third of the parameters, so that
+is about a third of a prompt's compute, and 1 MB of float32 logits per token of which the
+engine only ever reads the last row. Packages edged builds leave it out (``lm_head = "last"`` in their
 manifest); for any other, the engine runs this rewrite in memory: the hidden states are
 cut to the last position before the lm_head. The weights are not touched: the rewritten
 graph reads the package's own external data file.
