@@ -37,6 +37,8 @@ class TokenSampler:
     def pick(self, logits: np.ndarray, context: Sequence[int], allowed: np.ndarray | None = None) -> int:
         """The next token; ``allowed`` (a boolean mask) restricts the choice, e.g. to a grammar."""
         options = self.options
+        if options.temperature == 0 and options.repetition_penalty == 1.0 and allowed is None:
+            return int(np.argmax(logits))  # plain greedy: no copy of the 1 MB of logits per token
         scores = logits.astype(np.float32, copy=True)
         if options.repetition_penalty != 1.0 and len(context):
             seen = np.unique(np.asarray(context, dtype=np.int64))
