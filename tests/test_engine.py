@@ -449,3 +449,19 @@ print(held - rss_mb())
 def test_memory_freed_after_a_run_goes_back_to_the_system() -> None:
     result = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True, check=True)
     assert float(result.stdout) > 80
+
+
+def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewrite(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edged.engine.graph import GraphError, decoder_with_last_logits
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["hidden"], ["logits"])], "decoder",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "sequence_length", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "sequence_length", 8])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    with pytest.raises(GraphError, match="do not come from a matrix product"):
+        decoder_with_last_logits(tmp_path / "model.onnx")
