@@ -11,6 +11,8 @@ processor, and is the reference the tests compare tokens against.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -174,16 +176,15 @@ class Engine:
     def _decoder(self, filename: str) -> ort.InferenceSession:
         if self.manifest.lm_head == "last":
             return self._session(filename)
-        # Only the last position's logits are ever read: see graph.py. Imported here, as onnx
-        # costs 11 MB of memory that a package built by edged does not need.
-        from edged.engine.graph import GraphError, decoder_with_last_logits
-
+        # Only the last position's logits are ever read (graph.py). The rewrite runs in a
+        # child process: the onnx module it needs would otherwise stay resident (11 MB).
         path = self.package / filename
-        try:
-            return self._session(decoder_with_last_logits(path), folder=path.parent)
-        except GraphError as error:
-            log.warning("running the decoder with logits at every position", reason=str(error))
+        rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path)], capture_output=True)
+        if rewrite.returncode != 0:
+            reason = rewrite.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+            log.warning("running the decoder with logits at every position", reason=reason[0])
             return self._session(filename)
+        return self._session(rewrite.stdout, folder=path.parent)
 
     def _session(self, model: str | bytes, folder: Path | None = None) -> ort.InferenceSession:
         """A part of the package: a file in it, or a graph in memory whose weights are in ``folder``."""

@@ -4,9 +4,10 @@ The ORT GenAI builder's default decoder applies the lm_head at every position of
 At 0.8B the lm_head (the tied 248K-token embedding) is a third of the parameters, so that
 is about a third of a prompt's compute, and 1 MB of float32 logits per token of which the
 engine only ever reads the last row. Packages edged builds leave it out (``lm_head = "last"`` in their
-manifest); for any other, the engine runs this rewrite in memory: the hidden states are
-cut to the last position before the lm_head. The weights are not touched: the rewritten
-graph reads the package's own external data file.
+manifest); for any other, the engine loads the decoder rewritten by this module, run as a
+child process (``python -m edged.engine.graph DECODER``): the hidden states are cut to the
+last position before the lm_head. The weights are not touched: the rewritten graph, held
+in memory, reads the package's own external data file.
 """
 
 from __future__ import annotations
@@ -61,3 +62,20 @@ def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onn
         found = node.op_type if node is not None else "a graph input"
         raise GraphError(f"the decoder's logits do not come from a matrix product (found {found})")
     return node
+
+
+def main() -> int:
+    """``python -m edged.engine.graph DECODER``: the rewritten decoder on stdout, so that a
+    daemon can have it without carrying the onnx module for the rest of its life."""
+    import sys
+
+    try:
+        sys.stdout.buffer.write(decoder_with_last_logits(Path(sys.argv[1])))
+    except GraphError as error:
+        print(error, file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
