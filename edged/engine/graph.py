@@ -3,10 +3,10 @@
 The ORT GenAI builder's default decoder applies the lm_head at every position of a prompt.
 At 0.8B the lm_head (the tied 248K-token embedding) is a third of the parameters, so that
 is about a third of a prompt's compute, and 1 MB of float32 logits per token of which the
-engine only ever reads the last row. Packages edged builds leave it out (``lm_head = "last"`` in their
-manifest); for any other, the engine loads the decoder rewritten by this module, run as a
-child process (``python -m edged.engine.graph DECODER``): the hidden states are cut to the
-last position before the lm_head. The weights are not touched: the rewritten graph, held
+engine only ever reads the last row. Packages edged builds leave it out (``lm_head =
+"last"`` in their manifest); for any other, the engine loads the decoder rewritten by this
+module, run as a child process (``python -m edged.engine.graph DECODER``): the hidden
+states are cut to the last position before the lm_head. The weights are not touched: the rewritten graph, held
 in memory, reads the package's own external data file.
 """
 
