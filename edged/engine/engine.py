@@ -181,8 +181,9 @@ class Engine:
         path = self.package / filename
         rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path)], capture_output=True)
         if rewrite.returncode != 0:
-            reason = rewrite.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-            log.warning("running the decoder with logits at every position", reason=reason[0])
+            said = rewrite.stderr.decode(errors="replace").strip().splitlines()
+            log.warning("running the decoder with logits at every position",
+                        reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
             return self._session(filename)
         return self._session(rewrite.stdout, folder=path.parent)
 

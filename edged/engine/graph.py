@@ -12,6 +12,7 @@ in memory, reads the package's own external data file.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import onnx
@@ -67,8 +68,6 @@ def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onn
 def main() -> int:
     """``python -m edged.engine.graph DECODER``: the rewritten decoder on stdout, so that a
     daemon can have it without carrying the onnx module for the rest of its life."""
-    import sys
-
     try:
         sys.stdout.buffer.write(decoder_with_last_logits(Path(sys.argv[1])))
     except GraphError as error:
