@@ -113,7 +113,7 @@ def _words(count: int) -> str:
     return " ".join(rng.choice(words) for _ in range(count))
 
 
-def _prompt_of(engine, tokens: int) -> str:
+def prompt_of(engine, tokens: int) -> str:
     """Text of about ``tokens`` tokens for this tokenizer, trimmed to exactly that many."""
     text = _words(tokens * 2)
     ids = engine.encode(text)[:tokens]
@@ -138,14 +138,14 @@ class Workload:
         return cls(
             decode_prompt=engine.chat_prompt([{"role": "user", "content": "Describe the street."}]),
             decode_tokens=64,
-            prefill_prompt=_prompt_of(engine, 128),
+            prefill_prompt=prompt_of(engine, 128),
             picture=image or _picture(),
             image_head="<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>",
             rule_tails=[f"{rule} Answer yes or no.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
                         for rule in RULES],
             # A 500-token system prompt and a 20-token question.
-            system=f"<|im_start|>system\n{_prompt_of(engine, 496)}<|im_end|>\n",
-            question=f"<|im_start|>user\n{_prompt_of(engine, 12)}<|im_end|>\n<|im_start|>assistant\n",
+            system=f"<|im_start|>system\n{prompt_of(engine, 496)}<|im_end|>\n",
+            question=f"<|im_start|>user\n{prompt_of(engine, 12)}<|im_end|>\n<|im_start|>assistant\n",
         )
 
 

@@ -1,9 +1,10 @@
-"""The engine benchmark runs (CI smoke test on the tiny model; no figure is asserted)."""
+"""The benchmarks run (CI smoke tests on the tiny model; no timing is asserted)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY, edged
 
 
@@ -42,3 +43,21 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
     assert report["frames_with_rules"] > 0 and report["frame_to_rules_ms_p50"] > 0
     assert report["ask_ms_p50"] > 0 and report["status_tokens_per_s"] > 0 and report["images_encoded"] > 0
     assert report["daemon_peak_rss_mb"] > 50
+
+
+def test_bench_ops_accounts_for_each_decoder_run_by_operator() -> None:
+    import onnx
+
+    result = edged("bench", "ops", "--model", str(TINY / "vl-int4"), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["prompt_tokens"] == 128
+    graph = onnx.load(TINY / "vl-int4" / "decoder" / "model.onnx", load_external_data=False).graph
+    matmuls = sum(node.op_type == "MatMulNBits" for node in graph.node)
+    for phase, run_ms in (("prefill", report["prefill_ms"]), ("decode", report["decode_step_ms"])):
+        ops = {time["op"]: time for time in report[phase]}
+        assert ops["MatMulNBits"]["nodes"] == matmuls, phase  # one run's nodes, not several runs'
+        assert sum(time["share"] for time in report[phase]) == pytest.approx(1, abs=0.01)
+        assert sum(time["ms"] for time in report[phase]) <= run_ms
+    too_long = edged("bench", "ops", "--model", str(TINY / "vl-int4"), "--tokens", "300", timeout=120)
+    assert too_long.returncode == 2 and "1 to 256" in too_long.stderr

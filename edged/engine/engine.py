@@ -71,10 +71,12 @@ class Engine:
     """A loaded model package. Owned by one thread; ``cancel`` events may come from any."""
 
     def __init__(self, package: Path, threads: int = 0, provider: str | None = None, max_length: int = 2048,
-                 prefill_chunk: int = 256) -> None:
+                 prefill_chunk: int = 256, profile_decoder: Path | None = None) -> None:
         """``provider`` is "cpu" or "cuda"; by default the package's target, when present.
         Prompts longer than ``prefill_chunk`` tokens run in pieces of that many: the same
-        result as one call, with the activations of one piece held at a time."""
+        result as one call, with the activations of one piece held at a time.
+        ``profile_decoder`` makes onnxruntime time each operator of every decoder run, into a
+        file named after it that ``self.decoder.end_profiling()`` closes and names."""
         import onnxruntime_genai as og
 
         self.package = Path(package)
@@ -93,7 +95,7 @@ class Engine:
         self._threads = threads
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
-        self.decoder = self._decoder(config["decoder"]["filename"])
+        self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
         self.tokenizer = og.Tokenizer(str(self.package))
         self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
         self.multimodal = "embedding" in config
@@ -173,9 +175,9 @@ class Engine:
 
     # -- the model's parts -------------------------------------------------------------------
 
-    def _decoder(self, filename: str) -> ort.InferenceSession:
+    def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
         if self.manifest.lm_head == "last":
-            return self._session(filename)
+            return self._session(filename, profile=profile)
         # Only the last position's logits are ever read (graph.py). The rewrite runs in a
         # child process: the onnx module it needs would otherwise stay resident (11 MB).
         path = self.package / filename
@@ -184,12 +186,16 @@ class Engine:
             said = rewrite.stderr.decode(errors="replace").strip().splitlines()
             log.warning("running the decoder with logits at every position",
                         reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
-            return self._session(filename)
-        return self._session(rewrite.stdout, folder=path.parent)
+            return self._session(filename, profile=profile)
+        return self._session(rewrite.stdout, folder=path.parent, profile=profile)
 
-    def _session(self, model: str | bytes, folder: Path | None = None) -> ort.InferenceSession:
+    def _session(self, model: str | bytes, folder: Path | None = None,
+                 profile: Path | None = None) -> ort.InferenceSession:
         """A part of the package: a file in it, or a graph in memory whose weights are in ``folder``."""
         options = ort.SessionOptions()
+        if profile is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile)
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         # Without the arena a long prompt's activations go back to the allocator when the
