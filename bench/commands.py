@@ -34,8 +34,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         description="onnxruntime's own timing of each operator type in the decoder, for a prefill and for\n"
         "the decode steps after it: what share is int4 matrix products (as fast as the CPU's\n"
         "kernels allow), attention, the DeltaNet layers and the rest. Run it with --threads 1 and\n"
-        "with more to see which operators use the extra cores. The profiler slows each run by a\n"
-        "few percent (a decode step most): read the shares, and time with `edged bench engine`.\n"
+        "with more to see which operators use the extra cores. The profiler slows a prefill by a\n"
+        "few percent and a decode step by up to a quarter: read the shares, and time with\n"
+        "`edged bench engine`.\n"
         "A few seconds at 0.8B.",
     )
     ops.add_argument("--model", type=Path, required=True, metavar="DIR", help="model package")

@@ -3,8 +3,9 @@ and for the decode steps after it.
 
 This is what says which part of a run could be made faster and which could not: a prefill
 that is mostly MatMulNBits runs at the speed of the CPU's int4 kernels however the loop
-around it is written. The timings come from onnxruntime's profiler, which slows a run by a
-few percent; the shares are what to read.
+around it is written. The timings come from onnxruntime's profiler, which slows a prefill
+by a few percent and a decode step by up to a quarter (at 0.8B, 38-41 ms against 32.7):
+the shares are what to read.
 """
 
 from __future__ import annotations
