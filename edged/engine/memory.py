@@ -5,7 +5,7 @@ malloc when the run ends; but glibc keeps it in the process's heap for reuse, an
 prompt or an image leaves tens of MB there that the daemon would hold for nothing. At 0.8B,
 a 512-token prompt then three of 128 tokens took peak RSS from 889 to 956 MB that way.
 ``malloc_trim`` gives free heap pages back to the kernel. The call takes 1 to 5 ms, and the
-next run of that size faults its pages in again: 1.5 to 2% of a 128- or 512-token prefill at
+next run of that size faults its pages in again: 0.7 to 2% of a 512- or 128-token prefill at
 0.8B. So it follows only runs long enough for that not to matter. Holding the memory instead
 while it stays under a bound (32 MB) was tried: a 128-token prefill frees more than that, so
 it bought nothing, and a 64 MB bound took the peak after more prompts from 894 to 908 MB.
