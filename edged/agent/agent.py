@@ -299,17 +299,21 @@ class AgentPart:
             model=self.engine.fingerprint[:16], prompt_version=self._tasks.prompt_version)  # type: ignore[union-attr]
         respond.final(Answer(request_id=request.id, session=session, text=text, provenance=provenance))
 
-    def _describe_now(self, request: Any, respond: Responder) -> None:
-        read = self._newest_read(request.camera)
+    def _newest_read_or_report(self, camera: str | None, respond: Responder) -> ReadFrame | None:
+        """The newest frame of ``camera``, read; None once the client has been told there is none."""
+        read = self._newest_read(camera)
         if read is None:
-            respond.error("not_found", f"no frame yet from camera {request.camera}")
-            return
-        respond.final(self._tasks.describe(read, cancel=self._stop))
+            respond.error("not_found", f"no frame yet from camera {camera}")
+        return read
+
+    def _describe_now(self, request: Any, respond: Responder) -> None:
+        read = self._newest_read_or_report(request.camera, respond)
+        if read is not None:
+            respond.final(self._tasks.describe(read, cancel=self._stop))
 
     def _detect_now(self, request: Any, respond: Responder) -> None:
-        read = self._newest_read(request.camera)
+        read = self._newest_read_or_report(request.camera, respond)
         if read is None:
-            respond.error("not_found", f"no frame yet from camera {request.camera}")
             return
         detection = self._tasks.detect(read, request.labels, cancel=self._stop)
         if not request.labels:

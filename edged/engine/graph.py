@@ -6,8 +6,8 @@ is about a third of a prompt's compute, and 1 MB of float32 logits per token of 
 engine only ever reads the last row. Packages edged builds leave it out (``lm_head =
 "last"`` in their manifest); for any other, the engine loads the decoder rewritten by this
 module, run as a child process (``python -m edged.engine.graph DECODER``): the hidden
-states are cut to the last position before the lm_head. The weights are not touched: the rewritten graph, held
-in memory, reads the package's own external data file.
+states are cut to the last position before the lm_head. The weights are not touched: the
+rewritten graph, held in memory, reads the package's own external data file.
 """
 
 from __future__ import annotations
