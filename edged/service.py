@@ -32,16 +32,23 @@ from edged.config import (
 from edged.logs import configure_logging
 from edged.models.installed import ModelSelectionError, choose_model
 from edged.notify import SystemdNotifier, watchdog_interval
-from edged.parts import Part, PartsFactory, ProgressMonitor
+from edged.parts import Part, PartsFactory, ProgressMonitor, StartRefused
 
 log = structlog.get_logger()
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-STATUS_REFRESH_S = 5.0
+STATUS_REFRESH_S = 1.0
+"""How often the main loop looks at the parts: status line, dead threads, watchdog."""
+
+
+EX_SOFTWARE = 70
+"""A thread of the daemon died of a bug; systemd restarts the daemon (Restart=on-failure)."""
 
 
 def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
-    """The daemon's parts, in start order (they stop in reverse)."""
+    """The daemon's parts, in start order (they stop in reverse). The bus opens first and
+    closes last, so every request gets an answer, ``status`` during a long model load and
+    ``unavailable`` while the agent stops, rather than silence until the client gives up."""
     from edged.agent.agent import AgentPart
     from edged.bus.part import BusPart
     from edged.capture.part import CapturePart
@@ -50,7 +57,7 @@ def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     agent = AgentPart(settings, monitor, capture)
     bus = BusPart(settings, monitor, handler=agent, cameras=capture.statuses, figures=agent.status_figures)
     agent.publish = bus.server.publish
-    return [capture, agent, bus]
+    return [bus, capture, agent]
 
 
 def with_embedded_demo(loaded: LoadedConfig) -> LoadedConfig:
@@ -114,6 +121,7 @@ class Service:
         self._last_status = ""
         self._next_ping = time.monotonic()
         self._stall_reported: list[str] = []
+        self._exit_status = 0
 
     # -- the order things happen in ---------------------------------------------------
 
@@ -121,10 +129,9 @@ class Service:
         wakeup = self._install_signal_handlers()
         try:
             if not self.start():
-                return 1
-            status = self.status_text()
+                return self._exit_status or 1
+            status = self._set_status(self.status_text())
             self.notifier.ready(status)
-            self._last_status = status
             log.info("ready", status=status, watchdog_s=self._watchdog_timeout)
             while not self._stopping:
                 for signum in self._wait_for_signals(wakeup):
@@ -132,7 +139,7 @@ class Service:
                 self._tick()
         finally:
             self.stop()
-        return 0
+        return self._exit_status
 
     def start(self) -> bool:
         """Start each part in order; on a failure stop those started and report it."""
@@ -142,9 +149,14 @@ class Service:
             log.info("starting part", part=part.name)
             try:
                 part.start()
-            except Exception as error:
+            except StartRefused as error:
+                log.error("not started", part=part.name, reason=str(error), exit_status=error.exit_status)
+                self.notifier.status(self._set_status(f"not started: {error}"))
+                self._exit_status = error.exit_status
+                return False
+            except Exception as error:  # noqa: BLE001 - any failure to start is reported, then we stop
                 log.exception("part failed to start", part=part.name)
-                self.notifier.status(f"failed to start {part.name}: {error}")
+                self.notifier.status(self._set_status(f"failed to start {part.name}: {error}"))
                 return False
             self._started.append(part)
         return True
@@ -173,9 +185,7 @@ class Service:
             self.loaded = new
             self._reload_problem = None
             log.info("config reloaded", changed=changed, config=new.describe_files())
-        status = self.status_text()
-        self.notifier.ready(status)
-        self._last_status = status
+        self.notifier.ready(self._set_status(self.status_text()))
 
     def handle_sigterm(self) -> None:
         log.info("stop requested")
@@ -190,10 +200,11 @@ class Service:
             log.info("stopping part", part=part.name)
             try:
                 part.stop()
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged; the other parts must still stop
                 log.exception("part failed to stop cleanly", part=part.name)
         self._started.clear()
-        log.info("stopped")
+        self.notifier.close()
+        log.info("stopped", exit_status=self._exit_status)
 
     # -- status and watchdog ----------------------------------------------------------
 
@@ -201,11 +212,23 @@ class Service:
         words = "; ".join(p.describe() for p in self._started) or "running with no parts"
         return f"{words}; {self._reload_problem}" if self._reload_problem else words
 
+    def _set_status(self, status: str) -> str:
+        """Remember ``status`` as the line systemd and ``edged status`` show."""
+        self._last_status = self.monitor.detail = status
+        return status
+
     def _tick(self) -> None:
+        deaths = self.monitor.deaths()
+        if deaths:
+            words = "; ".join(f"{name} thread died ({why})" for name, why in deaths.items())
+            log.error("stopping: a thread of the daemon died", deaths=deaths, exit_status=EX_SOFTWARE)
+            self.notifier.status(self._set_status(f"stopping: {words}"))
+            self._exit_status = EX_SOFTWARE
+            self._stopping = True
+            return
         status = self.status_text()
         if status != self._last_status:
-            self.notifier.status(status)
-            self._last_status = status
+            self.notifier.status(self._set_status(status))
         if self._watchdog_timeout is None or time.monotonic() < self._next_ping:
             return
         self._next_ping = time.monotonic() + self._watchdog_timeout / 2

@@ -420,13 +420,44 @@ def test_jobs_run_by_priority_then_arrival_and_late_ones_are_dropped_and_counted
     queue.put(RULES, lambda: ran.append("rule 1"), deadline=10)
     queue.put(RULES, lambda: ran.append("rule 2"), deadline=1, expire=lambda: expired.append("rule 2"))
     queue.put(ASK, lambda: ran.append("ask"))
-    assert queue.take(most_urgent=RULES).priority == ASK
+    assert queue.take().priority == ASK
     now[0] = 5.0  # rule 2's frame has gone stale
-    queue.take(most_urgent=RULES).run()
-    assert queue.take(most_urgent=RULES) is None  # only the description is left, and it is less urgent
+    queue.take().run()
+    assert queue.waiting(RULES) == 0  # only the description is left
     queue.take().run()
     assert ran == ["rule 1", "describe"] and expired == ["rule 2"]
     assert dict(queue.dropped) == {"rules": 1} and len(queue) == 0
+
+
+def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_time() -> None:
+    from edged.agent.scheduler import ASK, DESCRIBE, RULES, SHARES, JobQueue
+
+    queue, used = JobQueue(), {ASK: 0.0, RULES: 0.0, DESCRIBE: 0.0}
+    for _ in range(400):  # every kind always has work waiting; an ask costs twice a rule
+        for kind in (ASK, RULES, DESCRIBE):
+            if not queue.waiting(kind):
+                queue.put(kind, lambda: None)
+        job = queue.take()
+        seconds = 1.0 if job.priority == ASK else 0.5
+        used[job.priority] += seconds
+        queue.charge(job, seconds)
+    total = sum(used.values())
+    claims = sum(SHARES[kind] for kind in used)
+    for kind, seconds in used.items():
+        assert seconds / total == pytest.approx(SHARES[kind] / claims, abs=0.02)
+
+
+def test_stale_jobs_of_every_kind_are_counted_even_while_others_keep_the_queue_busy() -> None:
+    from edged.agent.scheduler import ASK, DESCRIBE, JobQueue
+
+    now = [0.0]
+    queue = JobQueue(clock=lambda: now[0])
+    queue.put(DESCRIBE, lambda: None, deadline=1)
+    queue.put(ASK, lambda: None)
+    queue.put(ASK, lambda: None)
+    now[0] = 2.0
+    assert queue.take().priority == ASK
+    assert dict(queue.dropped) == {"describe": 1} and len(queue) == 1
 
 
 def test_cameras_take_turns() -> None:

@@ -67,7 +67,7 @@ def test_console_logs_are_readable_lines(start_daemon, notify_socket: NotifySock
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
     ready = next(line for line in daemon.log().splitlines() if "] ready " in line)
-    assert re.search(r"\[info\s*\] ready\s+status='1 camera: demo \w+; model edged-tiny-vl-fp32, \d+ jobs? queued; bus: 0 requests in progress'", ready)
+    assert re.search(r"\[info\s*\] ready\s+status='bus: 0 requests in progress; 1 camera: demo \w+; model edged-tiny-vl-fp32, \d+ jobs? queued'", ready)
 
 
 def test_docs_document_every_key_with_its_default() -> None:

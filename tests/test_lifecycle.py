@@ -24,7 +24,7 @@ def test_run_with_no_config_reports_ready_and_its_status(start_daemon, notify_so
     daemon = start_daemon()
     ready = notify_socket.wait_for("READY", "1")
     # No config file: the embedded demo (a synthetic camera, the bundled model).
-    assert re.fullmatch(r"1 camera: demo \w+; model edged-tiny-vl-fp32, \d+ jobs? queued; bus: 0 requests in progress",
+    assert re.fullmatch(r"bus: 0 requests in progress; 1 camera: demo \w+; model edged-tiny-vl-fp32, \d+ jobs? queued",
                         ready["STATUS"])
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
@@ -111,7 +111,7 @@ def test_sighup_reloads_config_and_new_values_take_effect(
     daemon.send(signal.SIGHUP)
     reloading = notify_socket.wait_for("RELOADING", "1")
     assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
-    assert notify_socket.wait_for("READY", "1")["STATUS"].endswith("bus: 0 requests in progress")
+    assert notify_socket.wait_for("READY", "1")["STATUS"].startswith("bus: 0 requests in progress; ")
 
     events = [json.loads(line) for line in daemon.log().splitlines()]
     reloaded = next(e for e in events if e["event"] == "config reloaded")
@@ -156,7 +156,8 @@ def test_a_fixed_config_after_a_rejected_reload_clears_the_warning(
     assert "rejected" in notify_socket.wait_for("READY", "1")["STATUS"]
     write_config(config, "[model]\nthreads = 2\n")
     daemon.send(signal.SIGHUP)
-    assert notify_socket.wait_for("READY", "1")["STATUS"].endswith("bus: 0 requests in progress")
+    status = notify_socket.wait_for("READY", "1")["STATUS"]
+    assert status.startswith("bus: 0 requests in progress; ") and "rejected" not in status
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -213,7 +214,7 @@ source = "file:{tmp_path}/not-there.mp4"
 """)
     daemon = start_daemon("--config", str(config))
     ready = notify_socket.wait_for("READY", "1")
-    assert ready["STATUS"].startswith("2 cameras: front ")
+    assert ready["STATUS"].startswith("bus: 0 requests in progress; 2 cameras: front ")
     deadline = time.monotonic() + 15
     while True:
         status = json.loads(edged("status", "--endpoint", daemon.control, "--json", "--timeout", "10").stdout)

@@ -34,7 +34,8 @@ from edged.config import Settings
 from edged.engine.engine import Engine, EngineError
 from edged.engine.store import PrefixStore, SessionStore
 from edged.models.installed import choose_model
-from edged.parts import ProgressMonitor
+from edged.models.integrity import PackageDamaged, check_package
+from edged.parts import EX_DATAERR, ProgressMonitor, StartRefused
 
 log = structlog.get_logger()
 
@@ -50,7 +51,7 @@ class AgentPart:
         self._queue = JobQueue()
         self._turns: RoundRobin[Frame] = RoundRobin()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread = threading.Thread(target=self._pulse.guard(self._run), name="inference", daemon=True)
         # Written by the inference thread only, and always replaced rather than changed in
         # place, so the bus thread may read them (rules.list, snapshot, status) at any time.
         self._trackers: dict[str, list[RuleTracker]] = {
@@ -63,6 +64,7 @@ class AgentPart:
         self._scheduled: set[tuple[str, int]] = set()
         self.engine: Engine | None = None
         self._tasks: FrameTasks | None = None  # with the engine, at start
+        self._sessions: SessionStore | None = None  # with the engine, at start
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
@@ -72,9 +74,17 @@ class AgentPart:
     def start(self) -> None:
         model = self._settings.model
         choice = choose_model(model)
+        state_dir = self._settings.state.dir
+        try:
+            hashed = check_package(choice.path, state_dir)
+        except PackageDamaged as error:
+            raise StartRefused(
+                f"the model package is damaged: {error}. Install it again (`edged models pull NAME`, or "
+                "copy the package anew), then start edged", EX_DATAERR) from None
+        if hashed:
+            log.info("model package verified", package=str(choice.path), files_hashed=hashed)
         self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length)
         self.engine_loads += 1
-        state_dir = self._settings.state.dir
         self._tasks = FrameTasks(
             self.engine, self._settings.agent.system_prompt, PrefixStore(state_dir, self.engine.fingerprint),
             on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)))
@@ -84,15 +94,13 @@ class AgentPart:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops within one decode step: an answer in progress is cut off and told why."""
+        """Stops within one decode step: an answer in progress is cut off and told why, and
+        the inference thread, which owns the sessions, saves them before it ends."""
         self._stop.set()
+        self._queue.wake()
         self._thread.join(30)
-        try:
-            saved = self._sessions.save_all()
-            if saved:
-                log.info("sessions saved", count=saved)
-        except OSError as error:
-            log.warning("sessions not saved", reason=str(error))
+        if self._thread.is_alive():
+            log.error("inference thread did not stop within 30 s; sessions in memory not saved")
 
     def apply(self, settings: Settings) -> None:
         """New rules, periods and system prompt, applied between two inference jobs."""
@@ -106,7 +114,9 @@ class AgentPart:
 
     def handle(self, request: Request, respond: Responder) -> None:
         op = request.op
-        if op == "rules.list":
+        if self._stop.is_set() and op not in ("rules.list", "snapshot"):
+            respond.error("unavailable", "the daemon is stopping; ask again when it is back")
+        elif op == "rules.list":
             respond.final({name: [t.state().model_dump() for t in trackers]
                            for name, trackers in self._trackers.items()
                            if request.camera in (None, name)})  # type: ignore[union-attr]
@@ -123,7 +133,7 @@ class AgentPart:
         return {
             "queue_depth": len(self._queue), "model": engine.manifest.name if engine else None,
             "images_encoded": engine.counters.images_encoded if engine else None,
-            "sessions": len(self._sessions) if engine else None,
+            "sessions": len(self._sessions) if self._sessions is not None else None,
             "tokens_per_s": tasks.figures.tokens_per_s if tasks else None,
             "ttft_ms": tasks.figures.ttft_ms if tasks else None,
             "frame_to_event_ms": self._frame_to_event_ms, "frame_to_rules_ms": self._frame_to_rules_ms,
@@ -149,21 +159,35 @@ class AgentPart:
     # -- the inference thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        self._serve()
+        self._save_sessions()
+
+    def _save_sessions(self) -> None:
+        try:
+            saved = self._sessions.save_all()
+        except OSError as error:
+            log.warning("sessions not saved", reason=str(error))
+        else:
+            if saved:
+                log.info("sessions saved", count=saved)
+
+    def _serve(self) -> None:
         while not self._stop.is_set():
             self._pulse.beat()
-            job = self._queue.take(most_urgent=RULES)
-            if job is None and self._accept_next_frame():
-                continue
-            job = job or self._queue.take()
+            if not self._queue.waiting(RULES):  # a frame's rules all run before the next frame is taken
+                self._accept_next_frame()
+            job = self._queue.take()
             if job is None:
                 self._queue.wait(0.02)  # frames arrive in mailboxes, not here: poll them often
                 continue
+            started = time.monotonic()
             try:
                 job.run()
             except Cancelled:
                 pass
-            except Exception:  # one bad job must not stop inference
+            except Exception:  # noqa: BLE001 - one bad job must not stop inference; logged with its traceback
                 log.exception("inference job failed")
+            self._queue.charge(job, time.monotonic() - started)
 
     def _accept_next_frame(self) -> bool:
         """Take the next camera's newest frame, in turn, and queue the work it calls for."""

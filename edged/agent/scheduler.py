@@ -1,8 +1,13 @@
-"""The inference thread's queue: jobs by priority, each with a deadline past which it is
-dropped and counted instead of run, and cameras taken in turn.
+"""The inference thread's queue: jobs by kind, each with a deadline past which it is
+dropped and counted instead of run, inference time shared fairly between kinds, and
+cameras taken in turn.
 
-Priorities, most urgent first: control (config changes), ask (any request a client waits
-for), rules, detect, describe. Within a priority, first come first served.
+Kinds: control (config changes, always first), ask (any request a client waits for),
+rules, detect, describe. While several kinds have work waiting, each gets inference time
+in proportion to its share (ask 0.5, rules 0.3, detect 0.1, describe 0.1): a flood of
+questions cannot stop the rules, and rules cannot stop descriptions. A kind with nothing
+waiting banks no credit, and one kind alone gets all the time. Between kinds with equal
+claims the more urgent goes first; within a kind, first come first served.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Generic, TypeVar
 
 CONTROL, ASK, RULES, DETECT, DESCRIBE = range(5)
 KIND_NAMES = {CONTROL: "control", ASK: "ask", RULES: "rules", DETECT: "detect", DESCRIBE: "describe"}
+SHARES = {ASK: 0.5, RULES: 0.3, DETECT: 0.1, DESCRIBE: 0.1}
+"""Each kind's share of inference time while the others have work waiting too."""
 
 T = TypeVar("T")
 
@@ -34,10 +41,12 @@ class Job:
 
 
 class JobQueue:
-    """Thread-safe: the bus and main threads put, the inference thread takes."""
+    """Thread-safe: the bus and main threads put, the inference thread takes and charges."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._heap: list[Job] = []
+        self._waiting: dict[int, list[Job]] = {kind: [] for kind in KIND_NAMES}
+        self._used = dict.fromkeys(SHARES, 0.0)
+        """Each kind's inference seconds divided by its share: the fair pick is the lowest."""
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._added = threading.Event()
@@ -47,29 +56,56 @@ class JobQueue:
     def put(self, priority: int, run: Callable[[], None], deadline: float = float("inf"),
             expire: Callable[[], None] = lambda: None) -> None:
         with self._lock:
-            heapq.heappush(self._heap, Job(priority, next(self._order), deadline, run, expire))
+            if priority in self._used and not self._waiting[priority]:
+                # A kind that was idle starts level with the busiest claim, not ahead of it.
+                rivals = [self._used[kind] for kind in self._used if self._waiting[kind]]
+                self._used[priority] = max(self._used[priority], min(rivals, default=0.0))
+            heapq.heappush(self._waiting[priority], Job(priority, next(self._order), deadline, run, expire))
         self._added.set()
 
-    def take(self, most_urgent: int = DESCRIBE) -> Job | None:
-        """The most urgent job of priority ``most_urgent`` or better that is still in time;
-        expired ones met on the way are dropped and counted."""
-        while True:
+    def take(self) -> Job | None:
+        """The next job to run: control first, then the kind furthest below its share;
+        every job found past its deadline is dropped and counted on the way."""
+        self._drop_expired()
+        with self._lock:
+            kinds = [kind for kind, jobs in self._waiting.items() if jobs]
+            if not kinds:
+                return None
+            kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
+            return heapq.heappop(self._waiting[kind])
+
+    def charge(self, job: Job, seconds: float) -> None:
+        """Count ``seconds`` of inference time against the job's kind."""
+        if job.priority in SHARES:
             with self._lock:
-                if not self._heap or self._heap[0].priority > most_urgent:
-                    return None
-                job = heapq.heappop(self._heap)
-            if self._clock() <= job.deadline:
-                return job
-            self.dropped[KIND_NAMES[job.priority]] += 1
-            job.expire()
+                self._used[job.priority] += seconds / SHARES[job.priority]
+
+    def waiting(self, priority: int) -> int:
+        """Jobs of this kind waiting to run."""
+        return len(self._waiting[priority])
 
     def wait(self, timeout: float) -> None:
-        """Until a job is put, or ``timeout`` seconds."""
+        """Until a job is put (or ``wake`` is called), or ``timeout`` seconds."""
         self._added.wait(timeout)
         self._added.clear()
 
+    def wake(self) -> None:
+        self._added.set()
+
+    def _drop_expired(self) -> None:
+        now = self._clock()
+        with self._lock:
+            expired = [job for jobs in self._waiting.values() for job in jobs if job.deadline < now]
+            if expired:
+                for kind, jobs in self._waiting.items():
+                    self._waiting[kind] = [job for job in jobs if job.deadline >= now]
+                    heapq.heapify(self._waiting[kind])
+        for job in sorted(expired):
+            self.dropped[KIND_NAMES[job.priority]] += 1
+            job.expire()
+
     def __len__(self) -> int:
-        return len(self._heap)
+        return sum(map(len, self._waiting.values()))
 
 
 class RoundRobin(Generic[T]):

@@ -26,8 +26,9 @@ class BusPart:
         self._cameras = cameras
         self._figures = figures
         self._started = time.monotonic()
+        self._monitor = monitor
         pulse = monitor.register(self.name)
-        self.server = BusServer(settings.bus, handler or Unavailable(), self.status, beat=pulse.beat,
+        self.server = BusServer(settings.bus, handler or Unavailable(), self.status, pulse=pulse,
                                 beat_every=monitor.beat_every)
 
     def start(self) -> None:
@@ -48,5 +49,5 @@ class BusPart:
         figures = {"queue_depth": self.server.in_progress, **self._figures()}
         return Status(
             uptime_s=round(time.monotonic() - self._started, 1), cameras=self._cameras(),
-            requests_busy=self.server.busy_refusals, **figures,
+            requests_busy=self.server.busy_refusals, detail=self._monitor.detail, **figures,
         )

@@ -21,11 +21,13 @@ from typing import Any, Protocol
 
 import structlog
 import zmq
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from edged.bus.config import BusConfig, server_endpoint
-from edged.bus.schema import EVENT_DATA, OPS, REQUEST, ErrorInfo, Reply, Request, Status, StatusRequest, topic
+from edged.bus.requests import Refusal, parse_request
+from edged.bus.schema import EVENT_DATA, ErrorInfo, Reply, Request, Status, StatusRequest, topic
 from edged.bus.security import curve_server
+from edged.parts import Pulse
 
 log = structlog.get_logger()
 
@@ -80,14 +82,14 @@ class BusServer:
         config: BusConfig,
         handler: RequestHandler,
         status: Callable[[], Status],
-        beat: Callable[[], None] = lambda: None,
+        pulse: Pulse | None = None,
         context: zmq.Context | None = None,
         beat_every: float = 1.0,
     ) -> None:
         self.config = config
         self._handler = handler
         self._status = status
-        self._beat = beat
+        self._pulse = pulse or Pulse("bus")
         self._beat_every = beat_every
         self._framing: dict[tuple[str, str | None], tuple[bytes, str, str]] = {}
         self._context = context or zmq.Context.instance()
@@ -96,7 +98,7 @@ class BusServer:
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
+        self._thread = threading.Thread(target=self._pulse.guard(self._run), name="bus", daemon=True)
         self._seq: dict[tuple[str, str | None], int] = {}
         self._wake_pending = False
         self._pending: dict[tuple[bytes, str], _Pending] = {}
@@ -159,7 +161,7 @@ class BusServer:
         next_status = time.monotonic()
         try:
             while not self._stopping.is_set():
-                self._beat()
+                self._pulse.beat()
                 now = time.monotonic()
                 if now >= next_status:
                     self._publish(events, "status", None, self._status().model_dump_json())
@@ -284,31 +286,17 @@ class BusServer:
             pass  # the client's queue is full or it left: its problem, not the server's
 
     def _receive(self, control: zmq.Socket, frames: list[bytes]) -> None:
-        identity = frames[0]
-        req_style = len(frames) == 3 and frames[1] == b""
-        if len(frames) != 2 and not req_style:
-            return self._refuse(control, identity, False, None, "bad_request",
+        identity, body = frames[0], frames[1:]
+        # A REQ client's message comes after an empty delimiter frame, and its reply must too.
+        req_style = bool(body) and body[0] == b""
+        if req_style:
+            body = body[1:]
+        if len(body) != 1:
+            return self._refuse(control, identity, req_style, None, "bad_request",
                                 "send one frame per request (DEALER), or an empty frame and one (REQ)")
-        payload = frames[-1]
-        if len(payload) > self.config.max_request_bytes:
-            return self._refuse(control, identity, req_style, None, "too_large",
-                                f"request of {len(payload)} bytes; the limit is {self.config.max_request_bytes}")
-        try:
-            message = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as error:
-            return self._refuse(control, identity, req_style, None, "bad_request", f"not JSON: {error}")
-        if not isinstance(message, dict):
-            return self._refuse(control, identity, req_style, None, "bad_request", "a request is a JSON object")
-        request_id = message.get("id") if isinstance(message.get("id"), str) else None
-        if message.get("op") not in OPS:
-            return self._refuse(control, identity, req_style, request_id, "unknown_op",
-                                f"op {message.get('op')!r} is not one of {', '.join(OPS)}")
-        try:
-            request = REQUEST.validate_python(message)
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"][1:]) or "request"
-            return self._refuse(control, identity, req_style, request_id, "bad_request", f"{where}: {first['msg']}")
+        request = parse_request(body[0], self.config.max_request_bytes)
+        if isinstance(request, Refusal):
+            return self._refuse(control, identity, req_style, request.request_id, request.code, request.message)
         key = (identity, request.id)
         if key in self._pending:
             return self._refuse(control, identity, req_style, request.id, "bad_request",

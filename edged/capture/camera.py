@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 
 import structlog
 
@@ -18,22 +17,23 @@ from edged.capture.config import CameraConfig
 from edged.capture.frame import Frame
 from edged.capture.sampler import FrameMailbox, FramePipeline
 from edged.capture.sources import FrameSource, SourceEnded, SourceError, open_source, redact
+from edged.parts import Pulse
 
 log = structlog.get_logger()
 FIRST_RETRY_S = 0.5
 
 
 class CameraCapture:
-    def __init__(self, name: str, config: CameraConfig, beat: Callable[[], None] = lambda: None,
-                 beat_every: float = 1.0, source: FrameSource | None = None,
-                 retire: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, name: str, config: CameraConfig, pulse: Pulse | None = None,
+                 beat_every: float = 1.0, source: FrameSource | None = None) -> None:
         self.name, self.config = name, config
         self.mailbox = FrameMailbox()
         self.pipeline = FramePipeline(config)
         self._source = source
-        self._beat, self._beat_every, self._retire = beat, beat_every, retire
+        self._pulse = pulse or Pulse(f"camera {name}")
+        self._beat, self._beat_every = self._pulse.beat, beat_every
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"capture-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._pulse.guard(self._run), name=f"capture-{name}", daemon=True)
         self.state = "offline"
         self.last_error: str | None = None
         self.frames_read = 0
@@ -72,7 +72,7 @@ class CameraCapture:
                 self._read(source)
             except SourceEnded:
                 self.state = "ended"
-                self._retire()
+                self._pulse.retire()
                 log.info("camera source ended", camera=self.name, source=self._label)
                 return
             except SourceError as error:

@@ -21,8 +21,7 @@ class CapturePart:
         for name, config in settings.cameras.items():
             if config.enabled:
                 pulse = monitor.register(f"camera {name}")
-                self.cameras[name] = CameraCapture(name, config, beat=pulse.beat, beat_every=monitor.beat_every,
-                                                   retire=pulse.retire)
+                self.cameras[name] = CameraCapture(name, config, pulse, beat_every=monitor.beat_every)
 
     def start(self) -> None:
         for camera in self.cameras.values():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +57,12 @@ def read_metadata(path: Path) -> dict[str, str]:
             if not 0 < size < 100 << 20:
                 raise ValueError("bad header length")
             header = json.loads(file.read(size))
-        return dict(header.get("__metadata__", {}))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise StateFileError(f"{path}: not a readable state file ({error})") from None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise StateFileError(f"{path}: not a state file (its header is not a safetensors header with text metadata)")
+    return metadata
 
 
 def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
@@ -77,16 +82,40 @@ def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
         )
     if metadata.get("checksum") != _checksum(tensors):
         raise StateFileError(f"{path}: damaged (its tensors do not match their checksum)")
+    try:
+        tokens, pending = _token_list(metadata["tokens"]), _token_list(metadata["pending"])
+        next_position = int(metadata["next_position"])
+    except (KeyError, ValueError, RecursionError) as error:
+        raise StateFileError(f"{path}: damaged (its metadata does not describe a state: {error!r})") from None
     logits = tensors.pop(_LOGITS, None)
     return State(
         fingerprint=fingerprint,
-        tokens=json.loads(metadata["tokens"]),
-        pending=json.loads(metadata["pending"]),
-        next_position=int(metadata["next_position"]),
+        tokens=tokens,
+        pending=pending,
+        next_position=next_position,
         tensors={name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device)
                  for name, value in tensors.items()},
         logits=logits,
     )
+
+
+def _token_list(text: str) -> list[int]:
+    tokens = json.loads(text)
+    if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+        raise ValueError("not a list of token ids")
+    return tokens
+
+
+def set_aside(path: Path, refused_dir: Path) -> Path | None:
+    """Move a refused state file into ``refused_dir`` for inspection (not deleted, and no
+    longer in the way); where it went, or None if it could not be moved."""
+    try:
+        refused_dir.mkdir(parents=True, exist_ok=True)
+        target = refused_dir / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}"
+        os.replace(path, target)
+    except OSError:
+        return None
+    return target
 
 
 def _checksum(tensors: dict[str, np.ndarray]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from edged.engine.persist import StateFileError, load_state, read_metadata, save_state
+from edged.engine.persist import StateFileError, load_state, read_metadata, save_state, set_aside
 from edged.engine.state import State
 
 log = structlog.get_logger()
@@ -24,6 +24,14 @@ log = structlog.get_logger()
 
 def _file_key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _refuse(path: Path, error: StateFileError, what: str, **fields: str) -> None:
+    """Log why a state file was refused and move it aside, so the next start or question
+    does not trip over it again; it is kept under ``<state dir>/refused`` for inspection."""
+    moved = set_aside(path, path.parent.parent / "refused")
+    log.warning(f"{what} refused; starting fresh", reason=str(error),
+                moved_to=str(moved) if moved else "(could not be moved)", **fields)
 
 
 class PrefixStore:
@@ -47,11 +55,10 @@ class PrefixStore:
                 return None
             try:
                 state = load_state(path, self.fingerprint)
+                if state.tokens + state.pending != list(tokens):
+                    raise StateFileError(f"{path}: holds other tokens")
             except StateFileError as error:
-                log.warning("prefix state refused", reason=str(error))
-                return None
-            if state.tokens + state.pending != list(tokens):
-                log.warning("prefix state refused", reason=f"{path}: holds other tokens")
+                _refuse(path, error, "prefix state")
                 return None
             self._states[key] = state
         return state.fork()
@@ -92,7 +99,7 @@ class SessionStore:
                 raise StateFileError(f"{path}: belongs to another session")
             state = load_state(path, self.fingerprint)
         except StateFileError as error:
-            log.warning("session state refused", session=session, reason=str(error))
+            _refuse(path, error, "session state", session=session)
             return None
         self.put(session, state)
         return state.fork()
