@@ -1,0 +1,273 @@
+"""Never deaf, never silent: the faults and bad inputs an adversarial run found, each
+against the real daemon as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import REPO, TINY, NotifySocket, clean_env, edged
+
+from edged.client import BusError, Client, Subscriber
+from edged.engine.store import _file_key
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def dealer(endpoint: str) -> zmq.Socket:
+    socket_ = zmq.Context.instance().socket(zmq.DEALER)
+    socket_.setsockopt(zmq.LINGER, 0)
+    socket_.connect(endpoint)
+    return socket_
+
+
+def reply_to(socket_: zmq.Socket, timeout: float = 10) -> dict | None:
+    return json.loads(socket_.recv_multipart()[-1]) if socket_.poll(timeout * 1000) else None
+
+
+def wait_until(check, timeout: float = 30, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+# -- 1. one request silenced the daemon for good ----------------------------------------------
+
+
+def test_json_nested_ten_thousand_deep_gets_bad_request_and_the_daemon_keeps_serving(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    daemon = start_daemon()
+    notify_socket.wait_for("READY", "1")
+    client = dealer(daemon.control)
+    for deep in (b"[" * 10_000 + b"]" * 10_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000, b"[" * 20_000):
+        client.send(deep)
+        reply = reply_to(client)
+        assert reply is not None and reply["error"]["code"] == "bad_request" and "nest" in reply["error"]["message"]
+    client.send(json.dumps({"v": 1, "id": "after", "op": "status"}).encode())
+    assert reply_to(client)["ok"] is True  # the bus thread lives on
+    client.close()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert "thread died" not in daemon.log()
+
+
+def test_a_thread_that_dies_anyway_stops_the_daemon_with_70_and_says_which(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    die_file = tmp_path / "die"
+    config = write_config(tmp_path / "edged.toml", "")
+    daemon = start_daemon(argv=[sys.executable, str(REPO / "tests" / "dying_daemon.py"), str(config), str(die_file)])
+    notify_socket.wait_for("READY", "1")
+    die_file.touch()
+    status = notify_socket.wait_for("STATUS", timeout=10)["STATUS"]
+    assert status == "stopping: dying thread died (ZeroDivisionError: a bug in the part)"
+    assert daemon.wait(timeout=10) == 70
+    assert "thread died" in daemon.log() and "ZeroDivisionError" in daemon.log()
+
+
+# -- 2. requests starved the rules, invisibly ----------------------------------------------------
+
+
+def test_a_flood_of_asks_leaves_rules_and_descriptions_running_at_a_steady_rate(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "edged.toml", """
+[bus]
+queue_limit = 8
+[cameras.front]
+source = "synthetic"
+fps = 2.0
+gate_threshold = 0.0
+describe_every_s = 1.0
+[[cameras.front.rules]]
+id = "anything"
+when = "Is there anything in the picture"
+""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    descriptions = Subscriber(daemon.events, ["edged.description.front"])
+    askers = [dealer(daemon.control) for _ in range(20)]
+    ask = json.dumps({"v": 1, "id": "q", "op": "ask", "question": "Describe everything you see.",
+                      "max_tokens": 48}).encode()
+    for asker in askers:
+        asker.send(ask)
+    with Client(daemon.control, timeout=10) as client:
+        def evaluations() -> int:
+            return client.status().rules["front"][0].evaluations
+
+        started, before, answers, busy = time.monotonic(), evaluations(), 0, 0
+        poller = zmq.Poller()
+        for asker in askers:
+            poller.register(asker, zmq.POLLIN)
+        while time.monotonic() - started < 15:  # every client asks again the moment it is answered
+            for asker, _ in poller.poll(100):
+                reply = json.loads(asker.recv())
+                if not reply["partial"]:
+                    answers += reply["ok"]
+                    busy += not reply["ok"] and reply["error"]["code"] == "busy"
+                    asker.send(ask)
+        evaluated = evaluations() - before
+        described = 0
+        while descriptions.receive(timeout=0.1) is not None:
+            described += 1
+        status = client.status()
+    for asker in askers:
+        asker.close()
+    descriptions.close()
+    # The camera gives 2 frames a second; asks take at most their share (ask 0.5 of 0.9 while
+    # rules and descriptions wait), so rules keep at least one frame in two.
+    assert answers > 10 and busy > 0
+    assert evaluated >= 15, f"{evaluated} rule evaluations in 15 s under a flood of asks"
+    assert described >= 2, f"{described} descriptions in 15 s with describe_every_s = 1"
+    assert set(status.jobs_dropped) <= {"ask", "rules", "detect", "describe"}
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+# -- 3. a damaged model ran -----------------------------------------------------------------------
+
+
+def damaged_copy(tmp_path: Path, damage) -> Path:
+    package = tmp_path / "models" / "tiny"
+    package.parent.mkdir()
+    os.system(f"cp -r {TINY / 'vl-fp32'} {package}")
+    damage(package / "decoder" / "model.onnx.data")
+    return package
+
+
+def flip_one_byte(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.seek(1000)
+        byte = file.read(1)
+        file.seek(1000)
+        file.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (flip_one_byte, "sha256 differs"),
+    (lambda path: os.truncate(path, path.stat().st_size // 2), "truncated"),
+    (lambda path: path.unlink(), "missing"),
+])
+def test_a_damaged_model_package_is_refused_at_start_with_65_naming_the_file(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path, damage, words
+) -> None:
+    package = damaged_copy(tmp_path, damage)
+    daemon = start_daemon("--set", f"model.path={package}")
+    assert daemon.wait(timeout=30) == 65
+    log = daemon.log()
+    assert f"{package}/decoder/model.onnx.data" in log and words in log
+    assert "Traceback" not in log and not [m for m in notify_socket.received if "READY" in m]
+
+
+def test_a_package_is_hashed_once_and_a_restart_only_checks_sizes(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    package = damaged_copy(tmp_path, lambda path: None)
+    state = str(tmp_path / "state")
+    for start, hashed in enumerate((True, False)):
+        daemon = start_daemon("--set", f"model.path={package}", EDGED_STATE__DIR=state)
+        notify_socket.wait_for("READY", "1")
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait() == 0
+        assert ("model package verified" in daemon.log()) is hashed, f"start {start}"
+    flip_one_byte(package / "decoder" / "model.onnx.data")  # a write changes the file's identity
+    daemon = start_daemon("--set", f"model.path={package}", EDGED_STATE__DIR=state)
+    assert daemon.wait(timeout=30) == 65
+
+
+# -- 4. the notify socket could crash or freeze the daemon --------------------------------------
+
+
+def test_a_notify_socket_that_goes_away_costs_one_warning_and_the_stop_still_saves_sessions(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    daemon = start_daemon(EDGED_STATE__DIR=str(state), WATCHDOG_USEC="400000")
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: client.status().images_encoded, what="a first frame read")
+        assert "".join(client.ask("What is in the picture?", session="s1", max_tokens=4))
+        notify_socket.close()  # systemd's socket is gone: every send is refused from now on
+        time.sleep(1.0)  # watchdog pings every 0.2 s meet the closed socket
+        daemon.send(signal.SIGHUP)  # RELOADING=1, READY=1
+        time.sleep(0.5)
+        assert client.status().uptime_s > 0  # still serving
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    log = daemon.log()
+    assert log.count("systemd notification not delivered") == 1, log
+    assert "sessions saved" in log and (state / "sessions" / f"{_file_key('s1')}.safetensors").is_file()
+
+
+def test_a_full_notify_queue_never_freezes_the_daemon(tmp_path: Path) -> None:
+    from conftest import Daemon
+
+    never_read = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    never_read.bind(str(tmp_path / "notify"))
+    env = clean_env(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="100000",
+                    EDGED_BUS__CONTROL=f"ipc://{tmp_path}/control.sock", EDGED_BUS__EVENTS=f"ipc://{tmp_path}/events.sock",
+                    EDGED_STATE__DIR=str(tmp_path / "state"))
+    daemon = Daemon([sys.executable, "-m", "edged", "run"], env, tmp_path / "daemon.log")
+    try:
+        with Client(f"ipc://{tmp_path}/control.sock", timeout=30) as client:
+            client.status()  # up; its pings fill the queue nobody reads within a second
+            time.sleep(2)
+            for _ in range(5):
+                started = time.monotonic()
+                client.status()
+                assert time.monotonic() - started < 1.0
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+    finally:
+        daemon.kill()
+        never_read.close()
+    assert "systemd notification not delivered" in daemon.log()
+
+
+# -- 5. crafted state files gave `internal` --------------------------------------------------------
+
+
+def crafted(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+@pytest.mark.parametrize("content", [
+    crafted(b"[1, 2, 3]"),
+    crafted(b'{"__metadata__": 5}'),
+    crafted(b'{"__metadata__": {"format": "edged-state/1", "tokens": 7}}'),
+    crafted(b'{"__metadata__": {"session": "s1", "format": "edged-state/1", "tokens": "[1]", "pending": "{}"}}'),
+    b"\xff" * 64,
+])
+def test_a_malformed_state_file_is_refused_moved_aside_and_the_session_starts_fresh(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path, content: bytes
+) -> None:
+    state = tmp_path / "state"
+    session_file = state / "sessions" / f"{_file_key('s1')}.safetensors"
+    session_file.parent.mkdir(parents=True)
+    session_file.write_bytes(content)
+    daemon = start_daemon(EDGED_STATE__DIR=str(state))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: client.status().images_encoded, what="a first frame read")
+        answer = client.ask("What is in the picture?", session="s1", max_tokens=4)
+        assert "".join(answer) and answer.final.session == "s1"
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    refused = list((state / "refused").iterdir())
+    assert [path.read_bytes() for path in refused] == [content]  # kept for inspection, as it was
+    assert "session state refused; starting fresh" in daemon.log()
+    assert session_file.is_file()  # the fresh session, saved at stop
