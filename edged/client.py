@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from edged.bus.config import TRANSPORT_MAX_BYTES
 from edged.bus.schema import EVENT, Answer, Event, Reply, Snapshot, Status
 from edged.bus.security import curve_client
 
@@ -104,7 +105,10 @@ class Client:
         """Send one request; yield its replies until the final one. TimeoutError if the
         daemon says nothing for ``timeout`` seconds."""
         request_id = uuid.uuid4().hex
-        self._socket.send(json.dumps({"v": 1, "id": request_id, "op": op, **fields}).encode())
+        payload = json.dumps({"v": 1, "id": request_id, "op": op, **fields}).encode()
+        if len(payload) > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
+            raise BusError("too_large", f"request of {len(payload)} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
+        self._socket.send(payload)
         deadline = time.monotonic() + self.timeout
         while True:
             remaining = deadline - time.monotonic()

@@ -271,3 +271,109 @@ def test_a_malformed_state_file_is_refused_moved_aside_and_the_session_starts_fr
     assert [path.read_bytes() for path in refused] == [content]  # kept for inspection, as it was
     assert "session state refused; starting fresh" in daemon.log()
     assert session_file.is_file()  # the fresh session, saved at stop
+
+
+# -- 6. some malformed requests got no reply ------------------------------------------------------
+
+
+def test_a_req_client_gets_exactly_one_reply_to_a_message_of_several_frames(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    daemon = start_daemon()
+    notify_socket.wait_for("READY", "1")
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(daemon.control)
+    for frames in ([b"{}", b"{}"], [b'{"v": 1, "id": "a", "op": "status"}', b""], [b"", b"", b""]):
+        req.send_multipart(frames)
+        assert req.poll(5000), f"no reply to {frames!r}"
+        reply = json.loads(req.recv())
+        assert reply["error"]["code"] == "bad_request"
+    req.send(json.dumps({"v": 1, "id": "ok", "op": "status"}).encode())
+    assert req.poll(5000) and json.loads(req.recv())["ok"] is True
+    req.close()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_request_past_what_the_transport_carries_is_refused_by_the_client_before_it_is_sent(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    daemon = start_daemon()
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=5) as client:
+        with pytest.raises(BusError, match="too_large"):
+            "".join(client.ask("x" * (33 << 20)))
+        assert client.status().uptime_s > 0  # the connection is still good
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+# -- 7. status hid trouble -------------------------------------------------------------------------
+
+
+def test_status_says_a_reload_was_rejected(start_daemon, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "edged.toml", "")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    write_config(config, "[model]\nthreads = 'x'\n")
+    daemon.send(signal.SIGHUP)
+    notify_socket.wait_for("READY", "1")
+    shown = edged("status", "--endpoint", daemon.control, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    first_line = shown.stdout.splitlines()[0]
+    assert "reload at" in first_line and "rejected, previous config kept" in first_line and "model.threads" in first_line
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_curve_refusals_are_logged_and_sighup_adds_and_revokes_keys(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    allowed.mkdir()
+    for name in ("server", "camera-app", "newcomer"):
+        assert edged("keys", "generate", str(keys), "--name", name).returncode == 0
+    (allowed / "camera-app.key").write_bytes((keys / "camera-app.key").read_bytes())
+    events, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path / "edged.toml", f"""
+[bus]
+events = "{events}"
+control = "{control}"
+curve_secret_key = "{keys / 'server.key_secret'}"
+curve_allow = "{allowed}"
+""")
+    daemon = start_daemon("--config", str(config), EDGED_BUS__EVENTS=events, EDGED_BUS__CONTROL=control)
+    notify_socket.wait_for("READY", "1")
+    server_key = keys / "server.key"
+    app = Client(control, timeout=3, server_key=server_key, client_key=keys / "camera-app.key_secret")
+    assert app.status().uptime_s > 0
+    with Client(control, timeout=1.5, server_key=server_key, client_key=keys / "newcomer.key_secret") as newcomer:
+        with pytest.raises(TimeoutError):
+            newcomer.status()
+    wait_until(lambda: "bus client refused" in daemon.log(), what="the refusal in the log")
+    newcomer_key = (keys / "newcomer.key").read_text().split('public-key = "')[1].split('"')[0]
+    refusal = next(line for line in daemon.log().splitlines() if "bus client refused" in line)
+    assert newcomer_key in refusal and "127.0.0.1" in refusal and "key not in" in refusal
+
+    (allowed / "newcomer.key").write_bytes((keys / "newcomer.key").read_bytes())
+    (allowed / "camera-app.key").unlink()
+    daemon.send(signal.SIGHUP)
+    notify_socket.wait_for("READY", "1")
+    wait_until(lambda: "CURVE allow-list reloaded" in daemon.log(), what="the allow-list reload")
+    with Client(control, timeout=5, server_key=server_key, client_key=keys / "newcomer.key_secret") as newcomer:
+        assert newcomer.status().uptime_s > 0  # added: admitted without a restart
+    with pytest.raises(BusError, match="unavailable: this client's key is no longer"):
+        app.status()  # revoked: refused on the connection it already had
+    app.close()
+    with Client(control, timeout=1.5, server_key=server_key, client_key=keys / "camera-app.key_secret") as again:
+        with pytest.raises(TimeoutError):
+            again.status()  # and refused when it connects again
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SCHEMES = ("ipc://", "tcp://")
+TRANSPORT_MAX_BYTES = 32 << 20
+"""The largest request the transport accepts; ZeroMQ drops a connection announcing more."""
 
 
 class BusConfig(BaseModel):

@@ -39,8 +39,11 @@ class BusPart:
         self.server.stop()
 
     def apply(self, settings: Settings) -> None:
+        """The CURVE allow-list folder is read again; other bus settings need a restart."""
         if settings.bus != self._settings.bus:
             log.warning("bus settings take effect at the next restart")
+        if self._settings.bus.curve_allow is not None:
+            self.server.reload_allow_list()
 
     def describe(self) -> str:
         return f"bus: {self.server.in_progress} requests in progress"

@@ -23,10 +23,10 @@ import structlog
 import zmq
 from pydantic import BaseModel
 
-from edged.bus.config import BusConfig, server_endpoint
+from edged.bus.config import TRANSPORT_MAX_BYTES, BusConfig, server_endpoint
 from edged.bus.requests import Refusal, parse_request
 from edged.bus.schema import EVENT_DATA, ErrorInfo, Reply, Request, Status, StatusRequest, topic
-from edged.bus.security import curve_server
+from edged.bus.security import CurveGate
 from edged.parts import Pulse
 
 log = structlog.get_logger()
@@ -105,7 +105,7 @@ class BusServer:
         self.busy_refusals = 0
         self._ready = threading.Event()
         self._failure: BaseException | None = None
-        self._authenticator: Any = None
+        self._gate: CurveGate | None = None
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -128,6 +128,10 @@ class BusServer:
         if kind not in EVENT_DATA:
             raise ValueError(f"unknown event kind {kind!r}")
         self._post(("event", kind, camera, data.model_dump_json()))
+
+    def reload_allow_list(self) -> None:
+        """Read the CURVE allow-list folder again (on the bus thread, soon)."""
+        self._post(("reload_allow",))
 
     @property
     def in_progress(self) -> int:
@@ -158,6 +162,8 @@ class BusServer:
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        for socket in self._gate.pollables() if self._gate else ():
+            poller.register(socket, zmq.POLLIN)
         next_status = time.monotonic()
         try:
             while not self._stopping.is_set():
@@ -177,20 +183,44 @@ class BusServer:
                         item = self._outbox.get_nowait()
                     except queue.Empty:
                         break
-                    self._deliver(events, control, item)
+                    if item[0] == "reload_allow":
+                        self._reload_allow_list()
+                    else:
+                        self._deliver(events, control, item)
+                for socket in self._gate.pollables() if self._gate else ():
+                    if socket in ready:
+                        self._gate.handle(socket)
                 if control in ready:
                     for _ in range(100):  # stay responsive to the outbox under a flood
                         try:
-                            frames = control.recv_multipart(zmq.NOBLOCK)
+                            frames = control.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._receive(control, frames)
+                        revoked = self._gate.revoked_key(frames[-1]) if self._gate is not None else None
+                        self._receive(control, [frame.bytes for frame in frames], revoked)
         finally:
             self._answer_before_closing(events, control)
+            if self._gate is not None:
+                self._gate.forget(events)
+                self._gate.forget(control)
             events.close(linger=200)
             control.close(linger=200)
-            if self._authenticator is not None:
-                self._authenticator.stop()
+            if self._gate is not None:
+                self._gate.close()
+
+    def _reload_allow_list(self) -> None:
+        """Re-read the allow-list: an added key is admitted at its next connection; a removed
+        one is refused from its next request on, and at its next connection. (An event
+        subscription it already holds lasts until it disconnects: ZeroMQ cannot drop one
+        peer of a PUB socket. Restart the daemon to cut those.)"""
+        if self._gate is None:
+            return
+        try:
+            added, removed = self._gate.allow.reload()
+        except OSError as error:
+            log.error("CURVE allow-list not reloaded; the previous one stays", reason=str(error))
+            return
+        log.info("CURVE allow-list reloaded", keys=len(self._gate.allow.keys), added=added, removed=removed)
 
     def _answer_before_closing(self, events: zmq.Socket, control: zmq.Socket) -> None:
         """At stop: send what handlers have already posted, and tell every client still
@@ -206,21 +236,31 @@ class BusServer:
                 error=ErrorInfo(code="unavailable", message="the daemon is stopping; ask again when it is back")))
         self._pending.clear()
 
-    def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
+    def _open_events(self) -> zmq.Socket:
         events = self._context.socket(zmq.PUB)
-        control = self._context.socket(zmq.ROUTER)
         events.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-        # Bounds memory; anything between max_request_bytes and this still gets a too_large reply.
-        control.setsockopt(zmq.MAXMSGSIZE, max(self.config.max_request_bytes, 32 << 20))
+        if self._gate is not None:
+            self._gate.secure(events)
+        return events
+
+    def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self.config.curve_secret_key is not None:
-            self._authenticator = curve_server(self._context, [events, control], self.config.curve_secret_key,
-                                               self.config.curve_allow)  # type: ignore[arg-type]
+            self._gate = CurveGate(self._context, self.config.curve_secret_key, self.config.curve_allow)  # type: ignore[arg-type]
+        events = self._open_events()
+        control = self._context.socket(zmq.ROUTER)
+        # What one request may cost in memory: ZeroMQ drops a connection that announces a
+        # larger message before edged sees a byte of it, so no reply is possible past this.
+        control.setsockopt(zmq.MAXMSGSIZE, max(self.config.max_request_bytes, TRANSPORT_MAX_BYTES))
+        if self._gate is not None:
+            self._gate.secure(control)
         self.events_endpoint = server_endpoint(self.config.events)
         self.control_endpoint = server_endpoint(self.config.control)
         for socket, endpoint in ((events, self.events_endpoint), (control, self.control_endpoint)):
             try:
                 _bind(socket, endpoint)
             except (zmq.ZMQError, OSError) as error:
+                if self._gate is not None:
+                    self._gate.close()
                 events.close(linger=0)
                 control.close(linger=0)
                 raise OSError(
@@ -285,7 +325,9 @@ class BusServer:
         except zmq.ZMQError:
             pass  # the client's queue is full or it left: its problem, not the server's
 
-    def _receive(self, control: zmq.Socket, frames: list[bytes]) -> None:
+    def _receive(self, control: zmq.Socket, frames: list[bytes], revoked: str | None = None) -> None:
+        """Answer or dispatch one request; ``revoked``: its client's key, when that was removed
+        from the CURVE allow-list since it connected."""
         identity, body = frames[0], frames[1:]
         # A REQ client's message comes after an empty delimiter frame, and its reply must too.
         req_style = bool(body) and body[0] == b""
@@ -295,6 +337,11 @@ class BusServer:
             return self._refuse(control, identity, req_style, None, "bad_request",
                                 "send one frame per request (DEALER), or an empty frame and one (REQ)")
         request = parse_request(body[0], self.config.max_request_bytes)
+        if revoked is not None:
+            self._gate.allow.refused("-", revoked, "key removed from the allow-list since it connected")
+            return self._refuse(control, identity, req_style, request.request_id if isinstance(request, Refusal)
+                                else request.id, "unavailable",
+                                "this client's key is no longer in the daemon's allow-list ([bus] curve_allow)")
         if isinstance(request, Refusal):
             return self._refuse(control, identity, req_style, request.request_id, request.code, request.message)
         key = (identity, request.id)
