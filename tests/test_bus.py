@@ -282,12 +282,17 @@ def test_ipc_sockets_are_group_read_writable_only(endpoints: BusConfig, server: 
 # -- CURVE ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback, all different (each probe is held until all are chosen)."""
     import socket
 
-    with socket.socket() as probe:
+    probes = [socket.socket() for _ in range(count)]
+    for probe in probes:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    ports = [probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    return ports
 
 
 @pytest.fixture
@@ -306,7 +311,8 @@ def curve(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_curve_serves_an_allowed_key_and_refuses_any_other(curve: dict[str, Path], agent: StandInAgent) -> None:
-    config = BusConfig(events=f"tcp://127.0.0.1:{free_port()}", control=f"tcp://127.0.0.1:{free_port()}",
+    events, control = free_ports(2)
+    config = BusConfig(events=f"tcp://127.0.0.1:{events}", control=f"tcp://127.0.0.1:{control}",
                        status_interval_s=3600, curve_secret_key=curve["server_secret"], curve_allow=curve["allow"])
     bus = BusServer(config, agent, status)
     bus.start()

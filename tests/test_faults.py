@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from conftest import REPO, TINY, NotifySocket, clean_env, edged
+from test_bus import free_ports
 
 from edged.client import BusError, Client, Subscriber
 from edged.engine.store import _file_key
@@ -327,12 +328,6 @@ def test_status_says_a_reload_was_rejected(start_daemon, notify_socket: NotifySo
     assert daemon.wait() == 0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_curve_refusals_are_logged_and_sighup_adds_and_revokes_keys(
     start_daemon, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
@@ -341,7 +336,7 @@ def test_curve_refusals_are_logged_and_sighup_adds_and_revokes_keys(
     for name in ("server", "camera-app", "newcomer"):
         assert edged("keys", "generate", str(keys), "--name", name).returncode == 0
     (allowed / "camera-app.key").write_bytes((keys / "camera-app.key").read_bytes())
-    events, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    events, control = (f"tcp://127.0.0.1:{port}" for port in free_ports(2))
     config = write_config(tmp_path / "edged.toml", f"""
 [bus]
 events = "{events}"
