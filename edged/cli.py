@@ -37,8 +37,12 @@ signals:
   SIGHUP           re-read the configuration; an invalid one is logged and the running one kept
   SIGTERM, SIGINT  stop: finish the current step, stop each part, exit 0
 
-exit status:
-  0 stopped on request, 1 a part failed to start, 78 the configuration is invalid"""
+exit status (the unit restarts on 1 and 70, not on 65 or 78):
+  0   stopped on request
+  1   a part failed to start (the log says which and why)
+  65  the model package is damaged: a file missing, truncated or not matching its sha256
+  70  a thread of the daemon died of a bug (the log has its traceback)
+  78  the configuration is invalid, or names key files or a model that are not there"""
 
 EXAMPLES = """\
 examples:
@@ -96,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[config_options], formatter_class=formatter,
         help="validate the configuration: exit 0 when valid, 78 with one line per problem",
         description="Validate the configuration exactly as `edged run` would read it: the file,\n"
-        "its drop-ins, the environment and flags. Exit 0 when valid; otherwise one line\n"
-        "per problem (file, key, value, reason) on stderr, and exit 78.",
+        "its drop-ins, the environment and flags; then what `edged run` needs at start: the\n"
+        "bus's key files and allow-list folder, and the model package [model] path chooses\n"
+        "(each file present at its size). Exit 0 when valid; otherwise one line per problem\n"
+        "(file, key, value, reason) on stderr, and exit 78.",
     )
     check.add_argument("path", nargs="?", type=Path, help="config file to check (default: as for --config)")
     check.set_defaults(handler=_config_check)
@@ -195,8 +201,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from edged.preflight import start_problems
+
     loaded = _load(args, args.path or args.config)
     if loaded is None:
+        return EX_CONFIG
+    problems = start_problems(loaded.settings)
+    if problems:
+        print(*problems, sep="\n", file=sys.stderr)
         return EX_CONFIG
     cameras = loaded.settings.cameras
     print(

@@ -42,23 +42,71 @@ class Received:
     """Events of this topic missed since the previous one received (0 normally)."""
 
 
-def _socket(context: zmq.Context, kind: int, endpoint: str, server_key: Path | None, client_key: Path | None) -> zmq.Socket:
+def _socket(context: zmq.Context, kind: int, endpoint: str, server_key: Path | None, client_key: Path | None,
+            connect_timeout: float | None = None) -> zmq.Socket:
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
-    if server_key is not None:
-        if client_key is None:
-            raise ValueError("CURVE needs both the server's public key and this client's secret key")
-        curve_client(socket, server_key, client_key)
-    socket.connect(endpoint)
+    try:
+        if server_key is not None:
+            if client_key is None:
+                raise ValueError("CURVE needs both the server's public key and this client's secret key")
+            curve_client(socket, server_key, client_key)
+        if connect_timeout is None:
+            _connect(socket, endpoint)
+            return socket
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES))
+        try:  # the monitor is there before the connection, so no event is missed
+            _connect(socket, endpoint)
+            _await_handshake(monitor, endpoint, connect_timeout)
+        finally:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+    except BaseException:
+        socket.close()
+        raise
     return socket
+
+
+def _connect(socket: zmq.Socket, endpoint: str) -> None:
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as error:
+        raise ConnectionError(f"cannot connect to {endpoint!r}: {error} (endpoints look like "
+                              "ipc:///run/edged/control.sock or tcp://HOST:PORT)") from None
+
+
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the daemon refused this client's key (not in its [bus] curve_allow)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (a wrong server key, or CURVE on one side only?)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (CURVE on one side only?)",
+}
+
+
+def _await_handshake(monitor: zmq.Socket, endpoint: str, timeout: float) -> None:
+    """Return once the socket behind ``monitor`` has completed its handshake with the daemon;
+    ConnectionError naming ``endpoint`` when none answers within ``timeout`` seconds or it
+    refuses us. (ZeroMQ itself would wait, quietly, for a daemon that is not running.)"""
+    from zmq.utils.monitor import recv_monitor_message
+
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0 and monitor.poll(remaining * 1000):
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        raise ConnectionError(f"{endpoint}: {_HANDSHAKE_FAILURES[event]}")
+    raise ConnectionError(f"no edged answers at {endpoint} within {timeout:g} s: is it running, and is this "
+                          "its endpoint ([bus] in its config, or --endpoint)?")
 
 
 class Subscriber:
     """Events whose topic starts with one of ``topics``, validated against the schema."""
 
     def __init__(self, endpoint: str, topics: Sequence[str] = ("edged.",), server_key: Path | None = None,
-                 client_key: Path | None = None, context: zmq.Context | None = None) -> None:
-        self._socket = _socket(context or zmq.Context.instance(), zmq.SUB, endpoint, server_key, client_key)
+                 client_key: Path | None = None, context: zmq.Context | None = None,
+                 connect_timeout: float | None = None) -> None:
+        """``connect_timeout`` as for Client."""
+        self._socket = _socket(context or zmq.Context.instance(), zmq.SUB, endpoint, server_key, client_key,
+                               connect_timeout)
         for prefix in topics or ("",):
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._last_seq: dict[str, int] = {}
@@ -97,9 +145,14 @@ class Client:
     """Requests to the daemon's control socket (DEALER: answers stream as partial replies)."""
 
     def __init__(self, endpoint: str, timeout: float = 30.0, server_key: Path | None = None,
-                 client_key: Path | None = None, context: zmq.Context | None = None) -> None:
+                 client_key: Path | None = None, context: zmq.Context | None = None,
+                 connect_timeout: float | None = None) -> None:
+        """``connect_timeout``: wait that long for the daemon to answer the connection, and
+        raise ConnectionError (naming the endpoint) if it does not, or refuses this client;
+        None connects in the background, as ZeroMQ does, and a daemon started later is found."""
         self.timeout = timeout
-        self._socket = _socket(context or zmq.Context.instance(), zmq.DEALER, endpoint, server_key, client_key)
+        self._socket = _socket(context or zmq.Context.instance(), zmq.DEALER, endpoint, server_key, client_key,
+                               connect_timeout)
 
     def request(self, op: str, **fields: Any) -> Iterator[Reply]:
         """Send one request; yield its replies until the final one. TimeoutError if the

@@ -30,9 +30,10 @@ from edged.config import (
     load_config,
 )
 from edged.logs import configure_logging
-from edged.models.installed import ModelSelectionError, choose_model
+from edged.models.installed import choose_model
 from edged.notify import SystemdNotifier, watchdog_interval
 from edged.parts import Part, PartsFactory, ProgressMonitor, StartRefused
+from edged.preflight import start_problems
 
 log = structlog.get_logger()
 
@@ -90,11 +91,13 @@ def serve(
         return EX_CONFIG
     configure_logging(loaded.settings.log)
     log.info("starting", version=__version__, pid=os.getpid(), config=loaded.describe_files())
-    try:
-        model = choose_model(loaded.settings.model)
-    except ModelSelectionError as error:
-        print(f"edged: not started: {error}", file=sys.stderr)
+    # A damaged package is the agent's to refuse (exit 65): here, what the config names.
+    problems = start_problems(loaded.settings, package_sizes=False)
+    if problems:
+        for problem in problems:
+            print(f"edged: not started: {problem}", file=sys.stderr)
         return EX_CONFIG
+    model = choose_model(loaded.settings.model)
     log.info("model chosen", path=str(model.path), reason=model.reason)
     return Service(loaded, reload_config, parts_factory).run()
 

@@ -372,3 +372,103 @@ curve_allow = "{allowed}"
             again.status()  # and refused when it connects again
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+# -- 8. wrong exit codes and tracebacks ----------------------------------------------------------
+
+
+def test_config_check_catches_what_run_would_fail_on_at_start(tmp_path: Path) -> None:
+    package = damaged_copy(tmp_path, lambda path: os.truncate(path, 100))
+    config = write_config(tmp_path / "edged.toml", f"""
+[bus]
+curve_secret_key = "{tmp_path / 'no-such.key_secret'}"
+curve_allow = "{tmp_path / 'no-such-folder'}"
+[model]
+path = "{package}"
+""")
+    checked = edged("config", "check", str(config))
+    assert checked.returncode == 78 and checked.stdout == ""
+    problems = checked.stderr.splitlines()
+    assert problems[0].startswith(f"[bus] curve_secret_key = '{tmp_path / 'no-such.key_secret'}': not a readable key file")
+    assert problems[1] == f"[bus] curve_allow = '{tmp_path / 'no-such-folder'}': no such folder of client public keys"
+    assert problems[2].startswith(f"[model] path: the package {package} is damaged: ") and "truncated" in problems[2]
+    run = edged("run", "--config", str(config), timeout=60)  # and run says the same, without a traceback
+    assert run.returncode == 78 and "Traceback" not in run.stderr
+    assert "edged: not started: [bus] curve_secret_key" in run.stderr
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "an empty file, not a picture"),
+    (b"just some text, not a picture\n", "not a picture OpenCV can decode"),
+    (None, "not a picture OpenCV can decode"),  # a PNG cut in half
+])
+def test_generate_names_a_picture_it_cannot_read(tmp_path: Path, content: bytes | None, words: str) -> None:
+    import cv2
+    import numpy as np
+
+    picture = tmp_path / "door.png"
+    if content is None:
+        whole = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1].tobytes()
+        content = whole[: len(whole) // 2]
+    picture.write_bytes(content)
+    result = edged("generate", "--model", str(TINY / "vl-fp32"), "--image", str(picture), "What is this?")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"edged generate: {picture}: {words}" + (" (PNG or JPEG, whole)" if "OpenCV" in words else "")
+
+
+def test_generate_refuses_fewer_than_one_token() -> None:
+    result = edged("generate", "--max-tokens", "0", "Hello")
+    assert result.returncode == 2 and "--max-tokens: must be at least 1, got 0" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["ask", "Is anyone there?"], ["snapshot", "--camera", "x", "x.jpg"],
+                                     ["watch", "--count", "1", "--timeout", "3"]])
+def test_commands_fail_in_about_a_second_naming_the_endpoint_when_no_daemon_is_there(
+    tmp_path: Path, command: list[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    started = time.monotonic()
+    result = edged(*command, "--endpoint", endpoint, timeout=30)
+    assert time.monotonic() - started < 5  # the interpreter's start included
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"no edged answers at {endpoint} within 1 s" in result.stderr
+
+
+def test_a_bogus_endpoint_is_named_without_a_traceback() -> None:
+    result = edged("status", "--endpoint", "bogus://x")
+    assert result.returncode == 1
+    assert result.stderr.startswith("edged status: cannot connect to 'bogus://x'") and "Traceback" not in result.stderr
+
+
+def test_capture_test_reports_a_missing_file_at_once_and_fails() -> None:
+    started = time.monotonic()
+    result = edged("capture", "test", "file:/nonexistent/clip.mp4", "--frames", "3", "--json")
+    assert time.monotonic() - started < 10  # not the 30 s --timeout
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["frames"] == 0 and "/nonexistent/clip.mp4" in report["last_error"]
+
+
+def test_an_environment_variable_that_is_not_json_is_named_with_its_value() -> None:
+    result = edged("config", "check", env=clean_env(EDGED_CAMERAS='{"front": {'))
+    assert result.returncode == 78
+    assert result.stderr.startswith("environment EDGED_CAMERAS='{\"front\": {': not valid JSON (")
+
+
+def test_a_request_that_arrives_while_the_daemon_stops_is_answered_at_once(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    daemon = start_daemon(argv=[sys.executable, str(REPO / "tests" / "slow_stop_daemon.py")])
+    notify_socket.wait_for("READY", "1")
+    late = dealer(daemon.control)
+    late.send(json.dumps({"v": 1, "id": "early", "op": "status"}).encode())
+    assert reply_to(late)["ok"] is True  # connected
+    daemon.send(signal.SIGTERM)
+    notify_socket.wait_for("STOPPING", "1")
+    time.sleep(0.5)  # the agent has stopped; capture takes two seconds more
+    late.send(json.dumps({"v": 1, "id": "late", "op": "ask", "question": "Still there?"}).encode())
+    asked = time.monotonic()
+    reply = reply_to(late, timeout=10)
+    late.close()
+    assert reply is not None and time.monotonic() - asked < 1
+    assert reply["id"] == "late" and reply["error"]["code"] == "unavailable"
+    assert daemon.wait() == 0

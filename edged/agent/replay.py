@@ -15,17 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from edged.agent.rules import RuleTracker
-from edged.agent.tasks import FrameTasks, ReadFrame
 from edged.bus.schema import RuleEvent
 from edged.capture.config import CameraConfig
 from edged.capture.frame import Frame
 from edged.capture.sampler import FramePipeline
-from edged.engine.engine import Engine
+
+if TYPE_CHECKING:  # the engine (onnxruntime) is imported only when a replay runs: `edged --help` stays light
+    from edged.agent.tasks import FrameTasks, ReadFrame
 
 PROGRESS_EVERY_S = 5.0
 
@@ -142,8 +143,10 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from edged.agent.tasks import FrameTasks
     from edged.capture.sources import SourceError
     from edged.cli import settings_and_model
+    from edged.engine.engine import Engine
 
     loaded = settings_and_model(args)
     if isinstance(loaded, int):

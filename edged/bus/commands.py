@@ -11,6 +11,9 @@ from typing import Any
 from edged.bus.config import client_endpoint
 
 RAW = argparse.RawDescriptionHelpFormatter
+CONNECT_TIMEOUT_S = 1.0
+"""How long a command waits for the daemon to answer its connection before saying there is none."""
+REQUEST_TIMEOUT_S = 30.0
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -19,7 +22,10 @@ def _client_options() -> argparse.ArgumentParser:
     group.add_argument("--endpoint", metavar="URL", help="the daemon's socket (default: [bus] control, or events for watch)")
     group.add_argument("--server-key", type=Path, metavar="FILE", help="with CURVE: the daemon's public key (NAME.key)")
     group.add_argument("--key", type=Path, metavar="FILE", help="with CURVE: this client's secret key (NAME.key_secret)")
-    group.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)")
+    group.add_argument("--timeout", type=float, metavar="S",
+                       help=f"seconds to wait for an answer (default {REQUEST_TIMEOUT_S:g}); for watch, for the next "
+                       "event (default: for ever). With no daemon at the endpoint, commands fail after "
+                       f"{CONNECT_TIMEOUT_S:g} s whatever this says")
     return options
 
 
@@ -107,9 +113,19 @@ def _watch(args: argparse.Namespace) -> int:
         return 78
     endpoint = args.endpoint or client_endpoint(bus.events)
     count = 0
-    with Subscriber(endpoint, args.topics or ["edged."], args.server_key, args.key) as events:
+    try:
+        events = Subscriber(endpoint, args.topics or ["edged."], args.server_key, args.key,
+                            connect_timeout=CONNECT_TIMEOUT_S)
+    except (ConnectionError, ValueError, OSError) as error:
+        print(f"edged watch: {error}", file=sys.stderr)
+        return 1
+    with events:
         try:
-            for received in events:
+            while True:
+                received = events.receive(args.timeout)
+                if received is None:
+                    print(f"edged watch: no event within {args.timeout:g} s", file=sys.stderr)
+                    return 1
                 if received.missed:
                     print(f"# missed {received.missed} event(s) on {received.topic}", file=sys.stderr)
                 event = received.event
@@ -133,10 +149,12 @@ def _with_client(args: argparse.Namespace, work: Any) -> int:
     bus = _bus_config(args)
     if bus is None:
         return 78
+    timeout = REQUEST_TIMEOUT_S if args.timeout is None else args.timeout
     try:
-        with Client(args.endpoint or client_endpoint(bus.control), args.timeout, args.server_key, args.key) as client:
+        with Client(args.endpoint or client_endpoint(bus.control), timeout, args.server_key, args.key,
+                    connect_timeout=min(CONNECT_TIMEOUT_S, timeout)) as client:
             return work(client)
-    except (BusError, TimeoutError) as error:
+    except (BusError, TimeoutError, ConnectionError, ValueError, OSError) as error:
         print(f"edged {args.command}: {error}", file=sys.stderr)
         return 1
 

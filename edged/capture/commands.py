@@ -18,7 +18,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         "test", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="read frames from a source and report resolution, frames/s, drops and gating",
         description="Open a camera source exactly as the daemon would (same masks, FPS cap, change gate\n"
-        "and resize), read N frames, and report what came out.",
+        "and resize), read N frames, and report what came out. Exit 0 with every frame asked\n"
+        "for (or a whole file), 1 with fewer: a source that fails before its first frame is\n"
+        "reported at once, not retried until --timeout.",
         epilog="examples:\n  edged capture test synthetic\n  edged capture test v4l2:/dev/video0 --frames 100 --save /tmp/frames\n"
         "  edged capture test 'rtsp://user:pass@192.0.2.10/stream1' --json\n"
         "  edged capture test file:clip.mp4 --fps 2 --gate 0.05",
@@ -55,8 +57,8 @@ def _test(args: argparse.Namespace) -> int:
     started = time.monotonic()
     saved = 0
     while camera.frames_read < args.frames and time.monotonic() - started < args.timeout:
-        if camera.state == "ended":
-            break
+        if camera.state == "ended" or (camera.reconnects and not camera.frames_read):
+            break  # a file that ended, or a source that failed before its first frame: nothing more to learn
         frame = camera.mailbox.take(timeout=0.2)
         if frame is None:
             continue
@@ -77,6 +79,9 @@ def _test(args: argparse.Namespace) -> int:
     }
     if args.as_json:
         print(json.dumps(report))
+    elif not report["frames"]:
+        print(f"{report['source']}: no frames in {elapsed:.1f} s; the source is {report['state']}"
+              + (f" ({report['last_error']})" if report["last_error"] else ""))
     else:
         print(f"{report['source']}: {report['frames']} frames of {report['width']}x{report['height']} at "
               f"{report['fps']} frames/s; {report['passed_gate']} passed the gate "
@@ -85,4 +90,4 @@ def _test(args: argparse.Namespace) -> int:
               + (f" ({report['last_error']})" if report["last_error"] else ""))
         if saved:
             print(f"saved {saved} frames in {args.save}")
-    return 0 if camera.frames_read else 1
+    return 0 if camera.frames_read >= args.frames or (camera.frames_read and status.state == "ended") else 1

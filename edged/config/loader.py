@@ -120,7 +120,7 @@ def load_config(path: Path | None = None, overrides: Iterable[Override] = ()) ->
         )()
         merged.add(environment, _environment_origin)
     except SettingsError as error:
-        problems.append(f"environment: {error}")
+        problems += _unparsable_environment_values() or [f"environment: {error}"]
     problems += _unknown_environment_settings()
     for override in overrides:
         merged.add(_nest(override.key.split("."), override.value), lambda _key, o=override: o.origin)
@@ -188,6 +188,21 @@ def _environment_origin(key: KeyPath) -> str:
         if candidate in names:
             return f"environment {names[candidate]}"
     return "environment"
+
+
+def _unparsable_environment_values() -> list[str]:
+    """The EDGED_* variables whose value is meant as JSON (a table or a list) and is not."""
+    problems = []
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or not value.lstrip().startswith(("{", "[")):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as error:
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            problems.append(f"environment {name}={shown!r}: not valid JSON ({error}); a table or list "
+                            "set from the environment is written as JSON")
+    return problems
 
 
 def _unknown_environment_settings() -> list[str]:

@@ -31,7 +31,7 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     generate.add_argument("--model", type=Path, metavar="DIR", help="model package (default: as [model] path chooses)")
     generate.add_argument("--image", type=Path, action="append", default=[], metavar="FILE",
                           help="a picture to ask about (PNG or JPEG; repeatable)")
-    generate.add_argument("--max-tokens", type=int, default=256, metavar="N", help="longest answer (default 256)")
+    generate.add_argument("--max-tokens", type=_at_least_one, default=256, metavar="N", help="longest answer (default 256)")
     generate.add_argument("--json-schema", type=Path, metavar="FILE", help="constrain the answer to JSON valid against this schema")
     generate.add_argument("--raw", action="store_true", help="feed the prompt's tokens as they are, no chat template")
     generate.add_argument("--think", action="store_true", help="let the model think first (Qwen3.5 thinking mode)")
@@ -46,6 +46,34 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     generate.set_defaults(handler=_generate)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _read_picture(path: Path) -> Any:
+    """The picture at ``path`` as an RGB array; ValueError naming the file when it is not one."""
+    import cv2
+    import numpy as np
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a truncated file is reported below, in words
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+    if not data:
+        raise ValueError(f"{path}: an empty file, not a picture")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a picture OpenCV can decode (PNG or JPEG, whole)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from edged.cli import settings_and_model
     from edged.engine.engine import Engine, EngineError, GenerationOptions
@@ -56,10 +84,11 @@ def _generate(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     settings, package = loaded
-    for image in args.image:
-        if not image.is_file():
-            print(f"edged generate: {image}: no such file", file=sys.stderr)
-            return 1
+    try:
+        pictures = [_read_picture(image) for image in args.image]
+    except ValueError as error:
+        print(f"edged generate: {error}", file=sys.stderr)
+        return 1
     schema = None
     if args.json_schema:
         try:
@@ -88,7 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     first_token_at = None
     try:
-        engine.extend_prompt(state, prompt, args.image)
+        engine.extend_prompt(state, prompt, pictures)
         prompt_tokens = state.length
         generation = engine.generate(state, options)
         for _, piece in generation:
