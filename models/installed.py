@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,22 +55,53 @@ def installed_packages(models_dir: Path, max_length: int) -> list[InstalledPacka
     return found
 
 
-def available_memory_mb() -> int:
-    """MemAvailable from /proc/meminfo: what can be allocated without swapping."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) // 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable")
+def available_memory_mb(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """What edged can allocate without swapping or meeting its cgroup's limit, in MiB.
+
+    The system's MemAvailable where /proc/meminfo can be read. Under the unit's
+    ``ProcSubset=pid`` it cannot: then the free pages from sysinfo (page cache not counted,
+    so a lower bound). Either way no more than the tightest ``memory.max`` of this process's
+    cgroup and its parents leaves (cgroup v2; a ``MemoryMax=`` in the unit sets it)."""
+    try:
+        available = next(int(line.split()[1]) * 1024 for line in (proc / "meminfo").read_text().splitlines()
+                         if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room(proc, cgroup_root)
+    return (available if room is None else min(available, room)) // MIB
+
+
+def _cgroup_room(proc: Path, cgroup_root: Path) -> int | None:
+    """Bytes left under the tightest memory.max of this process's cgroup v2 and its
+    ancestors; None when none is set or they cannot be read."""
+    try:
+        line = next(line for line in (proc / "self" / "cgroup").read_text().splitlines() if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    group = cgroup_root / line[3:].strip().lstrip("/")
+    rooms = []
+    while True:
+        try:
+            limit = (group / "memory.max").read_text().strip()
+            if limit != "max":
+                rooms.append(int(limit) - int((group / "memory.current").read_text()))
+        except (OSError, ValueError):
+            pass  # the root has no memory.max; a parent may be out of view
+        if group == cgroup_root or cgroup_root not in group.parents:
+            break
+        group = group.parent
+    return max(0, min(rooms)) if rooms else None
 
 
 def usable_targets() -> tuple[str, ...]:
-    """Targets whose execution provider this machine's onnxruntime has."""
-    try:
-        import onnxruntime
-    except ImportError:
+    """Targets whose execution provider this machine's onnxruntime has: a build with CUDA
+    ships its provider library. Found without importing onnxruntime (seconds on a Pi), so
+    `edged config check` stays quick."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
         return ("cpu",)
-    providers = onnxruntime.get_available_providers()
-    return ("cpu", "cuda") if "CUDAExecutionProvider" in providers else ("cpu",)
+    capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
+    return ("cpu", "cuda") if any(capi.glob("libonnxruntime_providers_cuda.*")) else ("cpu",)
 
 
 def choose_model(

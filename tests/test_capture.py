@@ -4,16 +4,23 @@ stand-in with its API, gating, masks, the one-slot mailbox and reconnection."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import edged
+from conftest import REPO, NotifySocket, edged
+from test_faults import wait_until
+
+from edged.bus.schema import CameraStatus
+from edged.client import Client
 
 from edged.capture.camera import CameraCapture
 from edged.capture.config import CameraConfig
@@ -312,3 +319,128 @@ def test_picamera2_gates_on_its_low_resolution_stream(fake_picamera2, monkeypatc
         passed.append(camera.pipeline.process(rgb, now=len(passed), grey=source.gate_luma) is not None)
     source.close()
     assert passed == [True, False, False, True, False]
+
+
+# -- cameras tell the truth: RTSP, stalls, missing plug-ins ------------------------------------
+
+
+class RtspCamera:
+    """tests/rtsp_server.py as a subprocess: an H.264 IP camera on loopback."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"rtsp://127.0.0.1:{port}/camera"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["/usr/bin/python3", str(REPO / "tests/rtsp_server.py"), str(self.port)],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "serving"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def rtsp_camera() -> Iterator[RtspCamera]:
+    from test_bus import free_ports
+
+    camera = RtspCamera(free_ports(1)[0])
+    camera.start()
+    yield camera
+    camera.stop()
+
+
+def test_capture_test_reads_h264_from_a_real_rtsp_camera(rtsp_camera: RtspCamera) -> None:
+    result = edged("capture", "test", rtsp_camera.url, "--frames", "10", "--json", timeout=60)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr
+    assert report["frames"] >= 10 and (report["width"], report["height"]) == (320, 240) and report["state"] == "online"
+
+
+def test_the_daemon_follows_an_rtsp_camera_that_goes_away_and_comes_back(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path, rtsp_camera: RtspCamera
+) -> None:
+    config = tmp_path / "edged.toml"
+    config.write_text(f'[cameras.gate]\nsource = "{rtsp_camera.url}"\nfps = 2.0\nstall_s = 3.0\nreconnect_max_s = 1.0\n')
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1", timeout=60)
+    with Client(daemon.control, timeout=10) as client:
+        def camera() -> CameraStatus:
+            return client.status().cameras["gate"]
+
+        wait_until(lambda: camera().state == "online", what="online")
+        assert camera().last_frame_age_s < 2
+        rtsp_camera.stop()
+        wait_until(lambda: camera().state == "reconnecting", what="reconnecting", timeout=30)
+        assert rtsp_camera.url in camera().last_error
+        rtsp_camera.start()
+        wait_until(lambda: camera().state == "online", what="back online", timeout=30)
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_source_that_opens_but_gives_no_frames_is_not_online(start_daemon, notify_socket: NotifySocket,
+                                                                 tmp_path: Path) -> None:
+    result = edged("capture", "test", "gst:videotestsrc is-live=true ! valve drop=true", "--frames", "3", "--json",
+                   timeout=60)
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["frames"] == 0 and report["state"] != "online"
+    assert "no frame for 10 s (opened, but silent" in report["last_error"]
+
+    config = tmp_path / "edged.toml"
+    config.write_text('[cameras.stuck]\nsource = "gst:videotestsrc is-live=true ! valve drop=true"\nstall_s = 1.0\n')
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=10) as client:
+        wait_until(lambda: client.status().cameras["stuck"].state == "reconnecting", what="reconnecting")
+        stuck = client.status().cameras["stuck"]
+        assert "no frame for 1 s" in stuck.last_error and stuck.last_frame_age_s is None
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_a_stream_that_stalls_mid_way_is_reopened_and_the_backoff_waits_for_a_frame() -> None:
+    from edged.capture.camera import CameraCapture
+
+    class Stalling:
+        """Three frames, then silence; each open starts it again."""
+
+        def __init__(self) -> None:
+            self.opened = 0
+            self.left = 0
+
+        def open(self) -> None:
+            self.opened += 1
+            self.left = 3
+
+        def read(self, timeout: float) -> np.ndarray | None:
+            if self.left:
+                self.left -= 1
+                return np.zeros((48, 64, 3), np.uint8)
+            time.sleep(timeout)
+            return None
+
+        def close(self) -> None:
+            pass
+
+    source = Stalling()
+    camera = CameraCapture("cam", CameraConfig(source="synthetic", stall_s=0.3, gate_threshold=0), source=source)
+    camera.start()
+    deadline = time.monotonic() + 10
+    while source.opened < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    camera.stop()
+    # Frames came after every open, so the backoff never grew past its first step (0.25-0.5 s).
+    assert source.opened >= 4 and camera.frames_read >= 12
+    assert "stalled" in camera.last_error
+
+
+def test_a_missing_gstreamer_element_is_named_with_its_package() -> None:
+    result = edged("capture", "test", "gst:videotestsrc ! nvvidconv", "--frames", "1", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert 'no element "nvvidconv"' in report["last_error"] and "apt install nvidia-l4t-gstreamer" in report["last_error"]

@@ -64,10 +64,12 @@ class Answer(_Model):
 
 
 class CameraStatus(_Model):
-    state: Literal["online", "reconnecting", "offline", "ended"]
+    state: Literal["online", "reconnecting", "offline", "ended"] = Field(
+        description="online once a frame has arrived since the source was (re)opened")
     last_error: str | None = None
     fps: float = 0.0
     drops: int = 0
+    last_frame_age_s: float | None = Field(None, description="seconds since the source's last frame; null before the first")
 
 
 class RuleState(_Model):

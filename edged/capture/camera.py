@@ -1,7 +1,10 @@
 """One camera's capture thread: it owns the source, and keeps the newest frame in a mailbox.
 
-A live source that fails or ends is reopened with exponential backoff and jitter while the
-camera's status says ``reconnecting``; a file source that ends says ``ended``.
+A camera is ``online`` once a frame has arrived. A live source that fails, ends, or gives no
+frame for ``stall_s`` is closed and reopened with exponential backoff and jitter while the
+camera's status says ``reconnecting`` and why; the backoff starts over only after a frame
+arrives, so a source that opens and then fails is not retried at the fastest rate for ever.
+A file source that ends says ``ended``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class CameraCapture:
         self.frames_read = 0
         self.reconnects = 0
         self._fps = 0.0
+        self._last_frame_at: float | None = None
+        self._failures = 0
+        """Failed opens and reads since the last frame: what the backoff grows with."""
         self._label = redact(config.source)
         self.source_size: tuple[int, int] | None = None
 
@@ -50,8 +56,10 @@ class CameraCapture:
         self._thread.join(5)
 
     def status(self) -> CameraStatus:
+        last = self._last_frame_at
         return CameraStatus(state=self.state, last_error=self.last_error, fps=round(self._fps, 1),  # type: ignore[arg-type]
-                            drops=self.mailbox.drops)
+                            drops=self.mailbox.drops,
+                            last_frame_age_s=None if last is None else round(time.monotonic() - last, 1))
 
     def _open(self) -> FrameSource:
         config = self.config
@@ -60,15 +68,10 @@ class CameraCapture:
         return source
 
     def _run(self) -> None:
-        failures = 0
         while not self._stop.is_set():
             source = None
             try:
                 source = self._open()
-                if failures:
-                    log.info("camera reconnected", camera=self.name, source=self._label, attempts=failures)
-                failures = 0
-                self.state, self.last_error = "online", None
                 self._read(source)
             except SourceEnded:
                 self.state = "ended"
@@ -76,10 +79,10 @@ class CameraCapture:
                 log.info("camera source ended", camera=self.name, source=self._label)
                 return
             except SourceError as error:
-                failures += 1
+                self._failures += 1
                 self.reconnects += 1
                 self.state, self.last_error = "reconnecting", str(error)
-                delay = min(self.config.reconnect_max_s, FIRST_RETRY_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                delay = min(self.config.reconnect_max_s, FIRST_RETRY_S * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
                 log.warning("camera lost; reconnecting", camera=self.name, source=self._label,
                             error=str(error), retry_in_s=round(delay, 2))
                 self._wait(delay)
@@ -96,12 +99,23 @@ class CameraCapture:
 
     def _read(self, source: FrameSource) -> None:
         last = None
+        opened = time.monotonic()
         while not self._stop.is_set():
             self._beat()
-            rgb = source.read(timeout=self._beat_every)
+            rgb = source.read(timeout=min(self._beat_every, self.config.stall_s))
             if rgb is None:
+                silent = time.monotonic() - (last or opened)
+                if silent >= self.config.stall_s:
+                    raise SourceError(f"{self._label}: no frame for {silent:.0f} s "
+                                      f"({'stalled' if last else 'opened, but silent'}; [cameras.{self.name}] stall_s)")
                 continue
             now = time.monotonic()
+            if last is None:  # the first frame since the source was opened: it works
+                if self._failures:
+                    log.info("camera reconnected", camera=self.name, source=self._label, attempts=self._failures)
+                self._failures = 0
+                self.state, self.last_error = "online", None
+            self._last_frame_at = now
             if last is not None:
                 self._fps = 0.9 * self._fps + 0.1 / max(now - last, 1e-6) if self._fps else 1 / max(now - last, 1e-6)
             last = now

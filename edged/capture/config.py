@@ -68,6 +68,7 @@ class CameraConfig(BaseModel):
     loop: bool = Field(True, description="file sources: start again at the end")
     realtime: bool = Field(True, description="file and synthetic sources: at their own rate, not as fast as read")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
+    stall_s: float = Field(10.0, gt=0, description="a source that gives no frame for this long is closed and reopened")
     rules: list[RuleConfig] = Field(default_factory=list, description="yes/no conditions watched on new frames")
     describe_every_s: float = Field(0.0, ge=0, description="a description at most this often, when the scene changed; 0: never")
     detect_every_s: float = Field(0.0, ge=0, description="an object detection at most this often, when the scene changed; 0: never")

@@ -73,4 +73,4 @@ def open_source(source: str, width: int | None = None, height: int | None = None
         return FileSource(source[len("file:"):], realtime=realtime, loop=loop)
     from edged.capture.sources.gstreamer import GStreamerSource, pipeline_for
 
-    return GStreamerSource(pipeline_for(source, width, height), redact(source))
+    return GStreamerSource(pipeline_for(source, width, height), redact(source), live=not source.startswith("gst:"))

@@ -12,6 +12,15 @@ import numpy as np
 from edged.capture.sources import SourceEnded, SourceError
 
 SINK = "appsink name=edged max-buffers=1 drop=true sync=false emit-signals=false"
+H264_PACKAGES = "gstreamer1.0-plugins-bad gstreamer1.0-libav"
+PACKAGE_OF_ELEMENT = {
+    "h264parse": "gstreamer1.0-plugins-bad", "h265parse": "gstreamer1.0-plugins-bad",
+    "avdec_h264": "gstreamer1.0-libav", "avdec_h265": "gstreamer1.0-libav", "x264enc": "gstreamer1.0-plugins-ugly",
+    "rtspsrc": "gstreamer1.0-plugins-good", "rtph264depay": "gstreamer1.0-plugins-good",
+    "v4l2src": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
+    "nvarguscamerasrc": "nvidia-l4t-gstreamer", "nvvidconv": "nvidia-l4t-gstreamer",
+}
+"""Debian's package for the elements edged's pipelines use, for an error that names one missing."""
 TO_RGB = "videoconvert ! video/x-raw,format=RGB"
 
 
@@ -33,8 +42,10 @@ def pipeline_for(source: str, width: int | None, height: int | None) -> str:
 
 
 class GStreamerSource:
-    def __init__(self, pipeline: str, label: str) -> None:
-        self.pipeline_text, self.label = pipeline, label
+    def __init__(self, pipeline: str, label: str, live: bool = False) -> None:
+        """``live``: a camera (V4L2, CSI, RTSP), whose end of stream means it went away and is
+        reopened; otherwise (a ``gst:`` pipeline) the end of stream ends the source, as a file's."""
+        self.pipeline_text, self.label, self.live = pipeline, label, live
         self._pipeline = None
         self._sink = None
 
@@ -42,8 +53,8 @@ class GStreamerSource:
         Gst = _gst()
         try:
             self._pipeline = Gst.parse_launch(self.pipeline_text)
-        except Exception as error:  # GLib.Error: a pipeline that does not parse
-            raise SourceError(f"{self.label}: bad pipeline: {error}") from None
+        except Exception as error:  # noqa: BLE001 - GLib.Error, the one thing parse_launch raises
+            raise SourceError(f"{self.label}: bad pipeline: {error}{_install_hint(str(error))}") from None
         self._sink = self._pipeline.get_by_name("edged") or _first_appsink(self._pipeline)
         if self._sink is None:
             raise SourceError(f"{self.label}: the pipeline has no appsink")
@@ -55,6 +66,8 @@ class GStreamerSource:
         sample = self._sink.try_pull_sample(int(timeout * Gst.SECOND))  # type: ignore[union-attr]
         if sample is None:
             if self._sink.is_eos():  # type: ignore[union-attr]
+                if self.live:
+                    raise SourceError(f"{self.label}: the stream ended (the camera closed it or went away)")
                 raise SourceEnded(self.label)
             self._raise_bus_error(None)
             return None
@@ -77,13 +90,30 @@ class GStreamerSource:
             self._pipeline = None
 
     def _raise_bus_error(self, fallback: str | None) -> None:
+        """Raise SourceError with the pipeline's error, naming any plug-in it found missing."""
+        from gi.repository import GstPbutils
+
         Gst = _gst()
-        message = self._pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR) if self._pipeline else None  # type: ignore[union-attr]
-        if message is not None:
+        missing = []
+        bus = self._pipeline.get_bus() if self._pipeline else None  # type: ignore[union-attr]
+        while bus is not None and (message := bus.pop_filtered(Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)):
+            if message.type == Gst.MessageType.ELEMENT:
+                if GstPbutils.is_missing_plugin_message(message):
+                    missing.append(GstPbutils.missing_plugin_message_get_description(message))
+                continue
             error, _debug = message.parse_error()
-            raise SourceError(f"{self.label}: {error.message}")
+            needs = f"; missing: {', '.join(missing)}{_install_hint(' '.join(missing))}" if missing else ""
+            raise SourceError(f"{self.label}: {error.message}{needs}")
         if fallback:
             raise SourceError(fallback)
+
+
+def _install_hint(text: str) -> str:
+    """Where to get what ``text`` says is missing, on Debian (Raspberry Pi OS, JetPack)."""
+    packages = sorted({package for element, package in PACKAGE_OF_ELEMENT.items() if f'"{element}"' in text})
+    if "H.264" in text or "H.265" in text:
+        packages = sorted({*packages, *H264_PACKAGES.split()})
+    return f" (apt install {' '.join(packages)})" if packages else ""
 
 
 def _first_appsink(pipeline):
@@ -107,7 +137,8 @@ def _gst():
 
             gi.require_version("Gst", "1.0")
             gi.require_version("GstApp", "1.0")  # gives appsink its try_pull_sample
-            from gi.repository import Gst, GstApp  # noqa: F401
+            gi.require_version("GstPbutils", "1.0")  # names a plug-in that is missing
+            from gi.repository import Gst, GstApp, GstPbutils  # noqa: F401
         except (ImportError, ValueError) as error:
             raise SourceError(
                 f"GStreamer is not available ({error}): apt install python3-gi gir1.2-gstreamer-1.0 "
@@ -115,5 +146,6 @@ def _gst():
                 "a venv made with --system-site-packages"
             ) from None
         Gst.init(None)
+        GstPbutils.pb_utils_init()
         _GST = Gst
     return _GST
