@@ -6,14 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# libsystemd-dev + pkg-config: systemd-python builds against them.
+# python3-systemd: Debian's built systemd bindings (the venv sees them: nothing to compile).
 # systemd: systemd-analyze, systemd-journald, systemd-sysusers and systemd-tmpfiles, used by tests;
 # debootstrap: the deploy tests install edged into a fresh Debian bookworm.
 # python3-gi + gir1.2-gst*: GStreamer's Python bindings come from Debian, so the venv sees
-# system packages; the plugins give V4L2, RTSP and the test sources.
-APT_PACKAGES=(python3 python3-venv python3-dev gcc libsystemd-dev pkg-config systemd util-linux python3-gi
+# system packages; the plugins give V4L2, RTSP, H.264 (plugins-bad: h264parse; libav:
+# avdec_h264) and the test sources. For the tests only: a real RTSP server (gst-rtsp-server)
+# streaming H.264 from x264enc (plugins-ugly).
+APT_PACKAGES=(python3 python3-venv python3-dev gcc python3-systemd systemd util-linux python3-gi
               gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
-              gstreamer1.0-plugins-good debootstrap)
+              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav debootstrap
+              gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

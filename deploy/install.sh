@@ -11,6 +11,7 @@
 # Safe to run again: each step changes only what differs, an edited /etc/edged/edged.toml is
 # never overwritten, and the state directory is never touched except by --purge.
 set -euo pipefail
+shopt -s lastpipe  # `producer | change ...` counts its change in this shell, not a subshell
 
 SOURCE="$(cd "$(dirname "$0")/.." && pwd)"
 PREFIX=/
@@ -78,14 +79,16 @@ systemd_running() { [ "$ROOT" = / ] && [ -d /run/systemd/system ]; }
 detect_board() {
     if [ "$BOARD" != auto ]; then echo "$BOARD"; return; fi
     if [ -f "$PREFIX/etc/nv_tegra_release" ]; then echo jetson; return; fi
-    if tr -d '\0' < /proc/device-tree/model 2>/dev/null | grep -q "Raspberry Pi"; then echo rpi; return; fi
+    if { tr -d '\0' < /proc/device-tree/model; } 2>/dev/null | grep -q "Raspberry Pi"; then echo rpi; return; fi
     echo generic
 }
 
 install_packages() {
-    local packages=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev systemd python3-gi
+    # python3-systemd: Debian's built systemd bindings (the venv sees them), so no compiler on
+    # the device; plugins-bad and libav: h264parse and avdec_h264, for H.264 IP cameras.
+    local packages=(python3 python3-venv python3-systemd systemd python3-gi
                     gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base
-                    gstreamer1.0-plugins-good gstreamer1.0-tools)
+                    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-tools)
     case "$1" in
         rpi) packages+=(python3-picamera2 python3-libcamera) ;;
         jetson) packages+=(nvidia-l4t-gstreamer) ;;  # nvarguscamerasrc and nvvidconv
@@ -141,12 +144,18 @@ install_system_files() {
     fi
     if [ ! -e "$ETC/edged.toml" ]; then
         say "example configuration $ETC/edged.toml"
-        local example="$SOURCE/deploy/edged.toml"
-        if [ -z "$MODEL" ]; then  # no package installed yet: the bundled tiny model, so edged starts
-            example="$(mktemp)"
-            sed 's/^path = "auto"/path = "bundled"/' "$SOURCE/deploy/edged.toml" > "$example"
+        if [ -n "$MODEL" ]; then
+            change install -D -m 644 "$SOURCE/deploy/edged.toml" "$ETC/edged.toml"
+        else  # no package installed yet: the bundled tiny model, so edged starts
+            sed 's/^path = "auto"/path = "bundled"/' "$SOURCE/deploy/edged.toml" \
+                | change install -D -m 644 /dev/stdin "$ETC/edged.toml"
         fi
-        change install -D -m 644 "$example" "$ETC/edged.toml"
+    fi
+    # What the unit's Documentation= names, and `edged` on every user's PATH.
+    place 644 "$SOURCE/README.md" "$PREFIX/opt/edged/share/doc/edged/README.md"
+    if [ "$(readlink "$PREFIX/usr/local/bin/edged" 2>/dev/null)" != /opt/edged/venv/bin/edged ]; then
+        change install -d "$PREFIX/usr/local/bin"
+        change ln -sfn /opt/edged/venv/bin/edged "$PREFIX/usr/local/bin/edged"
     fi
 }
 
@@ -163,8 +172,16 @@ install_model() {
 
 check_config() {
     [ "$DRY_RUN" = 1 ] && return
-    "$VENV/bin/edged" config check "$ETC/edged.toml" --set "model.models_dir=$STATE/models" >/dev/null \
-        || { echo "install.sh: $ETC/edged.toml does not pass 'edged config check': fix it, then run install.sh again" >&2; exit 78; }
+    local status=0
+    "$VENV/bin/edged" config check "$ETC/edged.toml" --set "model.models_dir=$STATE/models" >/dev/null || status=$?
+    case "$status" in
+        0) ;;
+        78) echo "install.sh: $ETC/edged.toml does not pass 'edged config check' (above): fix it, then run install.sh again" >&2
+            exit 78 ;;
+        *) echo "install.sh: 'edged config check' crashed (exit $status), so the install is broken, not the config:" \
+                "run '$VENV/bin/edged config check $ETC/edged.toml' to see why" >&2
+           exit 1 ;;
+    esac
 }
 
 start_service() {
@@ -175,18 +192,22 @@ start_service() {
         else
             change systemctl enable --now edged
         fi
-    elif [ "$ROOT" = / ]; then
-        say "systemd is not running here: start edged later with 'systemctl enable --now edged'"
+    elif [ ! -e "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
+        # An image being built, or a chroot: enable it offline, so it starts at the first boot.
+        say "systemd is not running here: edged is enabled and starts at the next boot"
+        change systemctl --root="$ROOT" --quiet enable edged.service
     fi
 }
 
 uninstall() {
     if systemd_running && systemctl list-unit-files edged.service >/dev/null 2>&1; then
         change systemctl disable --now edged
+    elif [ -e "$UNIT_DIR/multi-user.target.wants/edged.service" ] || [ -L "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
+        change systemctl --root="$ROOT" --quiet disable edged.service
     fi
     for path in "$UNIT_DIR/edged.service" "$UNIT_DIR/edged.service.d" "$PREFIX/usr/lib/sysusers.d/edged.conf" \
-                "$PREFIX/usr/lib/tmpfiles.d/edged.conf" "$PREFIX/opt/edged"; do
-        if [ -e "$path" ]; then change rm -rf "$path"; fi
+                "$PREFIX/usr/lib/tmpfiles.d/edged.conf" "$PREFIX/opt/edged" "$PREFIX/usr/local/bin/edged"; do
+        if [ -e "$path" ] || [ -L "$path" ]; then change rm -rf "$path"; fi
     done
     if systemd_running; then change systemctl daemon-reload; fi
     if [ "$PURGE" = 1 ]; then

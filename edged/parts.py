@@ -34,8 +34,8 @@ class Part(Protocol):
     def start(self) -> None:
         """Acquire resources and start threads; raise to abort the daemon's start."""
 
-    def stop(self) -> None:
-        """Finish the current step, release resources; must return within a few seconds."""
+    def stop(self, deadline: float) -> None:
+        """Finish the current step and release resources by ``deadline`` (time.monotonic())."""
 
     def apply(self, settings: Settings) -> None:
         """Take new settings on reload, keeping what need not restart (the model)."""

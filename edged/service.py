@@ -38,6 +38,11 @@ from edged.preflight import start_problems
 log = structlog.get_logger()
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+STOP_BUDGET_S = 20.0
+"""Every part stops within this, well inside the unit's TimeoutStopSec=30, after which
+systemd kills the daemon and whatever it had not saved is lost."""
+STOP_RESERVE_S = 1.0
+"""Of the stop budget, what each part keeps for the parts that stop after it (the bus last)."""
 STATUS_REFRESH_S = 1.0
 """How often the main loop looks at the parts: status line, dead threads, watchdog."""
 
@@ -197,12 +202,15 @@ class Service:
     handle_sigint = handle_sigterm
 
     def stop(self) -> None:
-        """Stop the started parts in reverse order; one part's failure does not stop the rest."""
+        """Stop the started parts in reverse order, all within STOP_BUDGET_S; one part's
+        failure does not stop the rest."""
         self.notifier.stopping()
-        for part in reversed(self._started):
+        deadline = time.monotonic() + STOP_BUDGET_S
+        parts = list(reversed(self._started))
+        for index, part in enumerate(parts):
             log.info("stopping part", part=part.name)
             try:
-                part.stop()
+                part.stop(deadline - STOP_RESERVE_S * (len(parts) - 1 - index))
             except Exception:  # noqa: BLE001 - logged; the other parts must still stop
                 log.exception("part failed to stop cleanly", part=part.name)
         self._started.clear()

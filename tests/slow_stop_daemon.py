@@ -24,9 +24,9 @@ class SlowToStop:
     def start(self) -> None:
         self._part.start()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         time.sleep(2)
-        self._part.stop()
+        self._part.stop(deadline)
 
     def apply(self, settings: Settings) -> None:
         self._part.apply(settings)

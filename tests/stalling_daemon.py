@@ -34,7 +34,7 @@ class StallingPart:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         self._stop.set()
         self._thread.join()
 

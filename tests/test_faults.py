@@ -472,3 +472,33 @@ def test_a_request_that_arrives_while_the_daemon_stops_is_answered_at_once(
     assert reply is not None and time.monotonic() - asked < 1
     assert reply["id"] == "late" and reply["error"]["code"] == "unavailable"
     assert daemon.wait() == 0
+
+
+# -- the stop fits the unit's TimeoutStopSec ---------------------------------------------------
+
+
+def test_sigterm_mid_answer_with_several_sessions_saves_them_all_well_inside_the_units_timeout(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    from test_units import unit_setting
+
+    state = tmp_path / "state"
+    daemon = start_daemon(EDGED_STATE__DIR=str(state), EDGED_AGENT__ANSWER_MAX_TOKENS="4096")
+    notify_socket.wait_for("READY", "1")
+    sessions = ["kitchen", "door", "garden", "garage"]
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: client.status().images_encoded, what="a first frame read")
+        for session in sessions:
+            assert "".join(client.ask("What is in the picture?", session=session, max_tokens=4))
+        long_answer = iter(client.ask("Tell me everything, in detail.", session="door", max_tokens=4096))
+        next(long_answer)
+        daemon.send(signal.SIGTERM)
+        stopping = time.monotonic()
+        with pytest.raises(BusError, match="unavailable"):
+            "".join(long_answer)
+        assert daemon.wait(timeout=30) == 0
+    took = time.monotonic() - stopping
+    assert took < int(unit_setting("TimeoutStopSec")[0]) / 3, f"stopped in {took:.1f} s"
+    for session in sessions:
+        assert (state / "sessions" / f"{_file_key(session)}.safetensors").is_file(), session
+    assert "sessions saved" in daemon.log() and "count=4" in daemon.log()

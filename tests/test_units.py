@@ -64,9 +64,12 @@ def test_unit_is_hardened_to_an_exposure_of_at_most_2(tmp_path: Path) -> None:
     assert float(found.group(1)) <= 2.0
 
 
-def test_unit_speaks_notify_and_does_not_restart_on_a_bad_config() -> None:
+def test_unit_speaks_notify_and_does_not_restart_on_a_bad_config_or_a_damaged_model() -> None:
+    from edged.config import EX_CONFIG
+    from edged.parts import EX_DATAERR
+
     assert unit_setting("Type") == ["notify"]
-    assert unit_setting("RestartPreventExitStatus") == ["78"]
+    assert unit_setting("RestartPreventExitStatus") == [f"{EX_CONFIG} {EX_DATAERR}"]
     assert unit_setting("ExecReload") == ["/bin/kill -HUP $MAINPID"]
 
 

@@ -65,6 +65,7 @@ class AgentPart:
         self.engine: Engine | None = None
         self._tasks: FrameTasks | None = None  # with the engine, at start
         self._sessions: SessionStore | None = None  # with the engine, at start
+        self._stop_deadline = math.inf
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
@@ -93,14 +94,15 @@ class AgentPart:
                  rules=sum(map(len, self._trackers.values())))
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         """Stops within one decode step: an answer in progress is cut off and told why, and
-        the inference thread, which owns the sessions, saves them before it ends."""
+        the inference thread, which owns the sessions, saves them before ``deadline``."""
+        self._stop_deadline = deadline
         self._stop.set()
         self._queue.wake()
-        self._thread.join(30)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.error("inference thread did not stop within 30 s; sessions in memory not saved")
+            log.error("the inference thread did not stop in time; sessions it had not saved are lost")
 
     def apply(self, settings: Settings) -> None:
         """New rules, periods and system prompt, applied between two inference jobs."""
@@ -164,12 +166,14 @@ class AgentPart:
 
     def _save_sessions(self) -> None:
         try:
-            saved = self._sessions.save_all()
+            saved = self._sessions.save_all(self._stop_deadline)
         except OSError as error:
             log.warning("sessions not saved", reason=str(error))
-        else:
-            if saved:
-                log.info("sessions saved", count=saved)
+            return
+        if saved:
+            log.info("sessions saved", count=saved)
+        if saved < len(self._sessions):
+            log.error("sessions not saved: the stop's deadline came first", count=len(self._sessions) - saved)
 
     def _serve(self) -> None:
         while not self._stop.is_set():

@@ -35,8 +35,8 @@ class BusPart:
         self.server.start()
         log.info("bus ready", events=self.server.events_endpoint, control=self.server.control_endpoint)
 
-    def stop(self) -> None:
-        self.server.stop()
+    def stop(self, deadline: float) -> None:
+        self.server.stop(max(0.0, deadline - time.monotonic()))
 
     def apply(self, settings: Settings) -> None:
         """The CURVE allow-list folder is read again; other bus settings need a restart."""

@@ -116,10 +116,10 @@ class BusServer:
         if self._failure is not None:
             raise self._failure
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self._wake()
-        self._thread.join(5)
+        self._thread.join(timeout)
         os.close(self._wake_read)
         os.close(self._wake_write)
 

@@ -51,9 +51,13 @@ class CameraCapture:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask the thread to end after its current read, without waiting for it."""
         self._stop.set()
-        self._thread.join(5)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
 
     def status(self) -> CameraStatus:
         last = self._last_frame_at

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from edged.bus.schema import CameraStatus
@@ -27,9 +29,11 @@ class CapturePart:
         for camera in self.cameras.values():
             camera.start()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         for camera in self.cameras.values():
-            camera.stop()
+            camera.signal_stop()
+        for camera in self.cameras.values():
+            camera.stop(max(0.0, deadline - time.monotonic()))
 
     def apply(self, settings: Settings) -> None:
         """Rules and periods are the agent's to apply; the cameras themselves stay as started."""

@@ -10,6 +10,7 @@ next question. At stop every session is saved.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,8 +127,13 @@ class SessionStore:
             path.unlink(missing_ok=True)
         return existed
 
-    def save_all(self) -> int:
-        """Save every session in memory (at stop); the number saved."""
-        for session, state in self._states.items():
+    def save_all(self, deadline: float = float("inf")) -> int:
+        """Save the sessions in memory (at stop), most recently used first, until
+        ``deadline`` (time.monotonic()); the number saved."""
+        saved = 0
+        for session, state in reversed(self._states.items()):
+            if time.monotonic() > deadline:
+                break
             save_state(state, self._path(session), {"session": session})
-        return len(self._states)
+            saved += 1
+        return saved
