@@ -11,7 +11,6 @@
 # Safe to run again: each step changes only what differs, an edited /etc/edged/edged.toml is
 # never overwritten, and the state directory is never touched except by --purge.
 set -euo pipefail
-shopt -s lastpipe  # `producer | change ...` counts its change in this shell, not a subshell
 
 SOURCE="$(cd "$(dirname "$0")/.." && pwd)"
 PREFIX=/
@@ -147,8 +146,9 @@ install_system_files() {
         if [ -n "$MODEL" ]; then
             change install -D -m 644 "$SOURCE/deploy/edged.toml" "$ETC/edged.toml"
         else  # no package installed yet: the bundled tiny model, so edged starts
-            sed 's/^path = "auto"/path = "bundled"/' "$SOURCE/deploy/edged.toml" \
-                | change install -D -m 644 /dev/stdin "$ETC/edged.toml"
+            local bundled
+            bundled="$(sed 's/^path = "auto"/path = "bundled"/' "$SOURCE/deploy/edged.toml")"
+            change install -D -m 644 /dev/stdin "$ETC/edged.toml" <<<"$bundled"
         fi
     fi
     # What the unit's Documentation= names, and `edged` on every user's PATH.
@@ -192,7 +192,7 @@ start_service() {
         else
             change systemctl enable --now edged
         fi
-    elif [ ! -e "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
+    elif [ ! -L "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
         # An image being built, or a chroot: enable it offline, so it starts at the first boot.
         say "systemd is not running here: edged is enabled and starts at the next boot"
         change systemctl --root="$ROOT" --quiet enable edged.service
@@ -202,7 +202,7 @@ start_service() {
 uninstall() {
     if systemd_running && systemctl list-unit-files edged.service >/dev/null 2>&1; then
         change systemctl disable --now edged
-    elif [ -e "$UNIT_DIR/multi-user.target.wants/edged.service" ] || [ -L "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
+    elif [ -L "$UNIT_DIR/multi-user.target.wants/edged.service" ]; then
         change systemctl --root="$ROOT" --quiet disable edged.service
     fi
     for path in "$UNIT_DIR/edged.service" "$UNIT_DIR/edged.service.d" "$PREFIX/usr/lib/sysusers.d/edged.conf" \

@@ -57,6 +57,17 @@ def test_install_puts_user_units_config_venv_and_model_in_place(installed: Path)
     assert verify.returncode == 0, verify.stderr
 
 
+def test_install_puts_edged_on_path_its_readme_where_the_unit_says_and_enables_the_unit(installed: Path) -> None:
+    assert (installed / "usr/local/bin/edged").readlink() == Path("/opt/edged/venv/bin/edged")
+    documentation = next(line.split("=", 1)[1] for line in (REPO / "systemd/edged.service").read_text().splitlines()
+                         if line.startswith("Documentation="))
+    readme = installed / documentation.removeprefix("file:///")
+    assert readme.read_bytes() == (REPO / "README.md").read_bytes()
+    wanted = installed / "etc/systemd/system/multi-user.target.wants/edged.service"
+    assert wanted.is_symlink() and wanted.readlink() == Path("/etc/systemd/system/edged.service")
+    assert not any(name.startswith("tmp") for name in map(str, installed.iterdir()))
+
+
 def test_a_second_run_changes_nothing(installed: Path) -> None:
     before = snapshot(installed)
     result = run("--prefix", str(installed), "--board", "jetson", "--model", str(REPO / "models/tiny/text-int4"))
@@ -79,16 +90,39 @@ def test_an_upgrade_keeps_an_edited_config_and_the_state(installed: Path) -> Non
 
 def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> None:
     needs_root()
-    result = run("--prefix", str(tmp_path), "--board", "rpi", "--dry-run")
+    temporary = set(Path("/tmp").iterdir())
+    result = run("--prefix", str(tmp_path), "--board", "auto", "--dry-run")
     assert "would: /usr/bin/python3 -m venv --system-site-packages" in result.stdout
     assert "change(s) would be made" in result.stdout
     assert list(tmp_path.iterdir()) == []
+    assert result.stderr == ""  # this machine has no device tree: nothing said about it
+    assert set(Path("/tmp").iterdir()) <= temporary | {tmp_path}  # no temp file left behind
+
+
+def test_a_crash_of_config_check_is_reported_as_a_crash_not_as_a_bad_config(installed: Path) -> None:
+    edged = installed / "opt/edged/venv/bin/edged"
+    real = edged.read_bytes()
+    try:
+        edged.write_text("#!/bin/sh\nkill -SEGV $$\n")  # what onnxruntime did under emulation
+        result = run("--prefix", str(installed), "--board", "jetson", check=False)
+    finally:
+        edged.write_bytes(real)
+    assert result.returncode == 1
+    assert "'edged config check' crashed (exit 139)" in result.stderr and "fix it" not in result.stderr
 
 
 def test_raspberry_pi_gets_picamera2_from_apt() -> None:
     needs_root()
     apt = run("--board", "rpi", "--dry-run")  # at / : shows the apt step, changes nothing
     assert "python3-picamera2" in apt.stdout and "python3-libcamera" in apt.stdout
+
+
+def test_devices_get_built_packages_from_debian_and_an_h264_decoder(tmp_path: Path) -> None:
+    needs_root()
+    script = INSTALL.read_text()
+    packages = script[script.index("local packages=("):script.index(")", script.index("local packages=("))].split()
+    assert {"python3-systemd", "gstreamer1.0-plugins-bad", "gstreamer1.0-libav"} <= set(packages)
+    assert not {"gcc", "python3-dev", "libsystemd-dev"} & set(packages)  # nothing is compiled on a device
 
 
 def test_uninstall_keeps_config_and_state_and_purge_removes_everything(tmp_path: Path) -> None:
@@ -122,6 +156,9 @@ chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
     --model /src/edged/models/tiny/text-int4 > "$root/install-2.log" 2>&1
 chroot "$root" /opt/edged/venv/bin/edged config check /etc/edged/edged.toml > "$root/check.log" 2>&1
+chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin edged --version > "$root/on-path.log" 2>&1  # a login's PATH
+chroot "$root" /opt/edged/venv/bin/python -c 'import systemd.journal; print(systemd.journal.__file__)' > "$root/systemd-bindings.log"
+chroot "$root" dpkg-query -W -f='${Status}\n' gcc libsystemd-dev > "$root/compilers.log" 2>&1 || true
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --uninstall > "$root/uninstall.log" 2>&1
 """
 
@@ -152,7 +189,12 @@ def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_install_sh_in_a_bookworm_chroot_installs_runs_again_and_uninstalls(bookworm: Path) -> None:
     first = (bookworm / "install-1.log").read_text()
     assert "installing edged for board 'generic' into /" in first
-    assert "systemd is not running here" in first
+    assert "systemd is not running here: edged is enabled and starts at the next boot" in first
+    assert (bookworm / "etc/systemd/system/multi-user.target.wants/edged.service").is_symlink() is False  # uninstalled
+    assert (bookworm / "on-path.log").read_text().startswith("edged ")
+    # Debian's built bindings, seen through the venv: no compiler was installed for them
+    assert (bookworm / "systemd-bindings.log").read_text().startswith("/usr/lib/python3/dist-packages/systemd/")
+    assert "install ok installed" not in (bookworm / "compilers.log").read_text()
     assert (bookworm / "install-2.log").read_text().strip().endswith("nothing to change")
     assert "valid" in (bookworm / "check.log").read_text()
     assert any(line.startswith("edged:") for line in (bookworm / "etc/passwd").read_text().splitlines())
