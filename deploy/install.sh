@@ -121,9 +121,24 @@ install_venv() {
     say "edged from $SOURCE into $VENV"
     local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
     if [ "$1" = jetson ] && [ -n "$WHEELS" ]; then
-        change "${pip[@]}" --no-index --find-links "$WHEELS" onnxruntime-gpu onnxruntime-genai-cuda
+        # The GPU builds are other distributions of the same modules: installed as edged's
+        # requirements, pip would put PyPI's CPU onnxruntime and onnxruntime-genai over them.
+        # So: the GPU wheels, edged's other requirements, then edged without its own.
+        local requirements=()
+        mapfile -t requirements < <(/usr/bin/python3 "$SOURCE/deploy/requirements.py" "$SOURCE/pyproject.toml" \
+                                    --without onnxruntime onnxruntime-genai)
+        local gpu_wheels=("$WHEELS"/onnxruntime_gpu-*.whl "$WHEELS"/onnxruntime_genai_cuda-*.whl)
+        for wheel in "${gpu_wheels[@]}"; do
+            [ -f "$wheel" ] || { echo "install.sh: $WHEELS holds no ${wheel##*/}: put the JetPack wheels of" \
+                                     "onnxruntime-gpu and onnxruntime-genai-cuda there" >&2; exit 2; }
+        done
+        # Their own requirements come from the folder when it has them, else from the index.
+        change "${pip[@]}" --find-links "$WHEELS" "${gpu_wheels[@]}"
+        change "${pip[@]}" "${requirements[@]}"
+        change "${pip[@]}" --upgrade --no-deps "$SOURCE"
+    else
+        change "${pip[@]}" --upgrade "$SOURCE"
     fi
-    change "${pip[@]}" --upgrade "$SOURCE"
     if [ "$DRY_RUN" = 0 ]; then echo "$stamp" > "$VENV/.edged-source"; fi
 }
 

@@ -5,8 +5,11 @@ CI runs as root and runs these."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,68 @@ def test_install_sh_in_a_bookworm_chroot_installs_runs_again_and_uninstalls(book
     assert not (bookworm / "opt/edged").exists()
     assert (bookworm / "etc/edged/edged.toml").is_file()
     assert "kept /etc/edged and /var/lib/edged" in (bookworm / "uninstall.log").read_text()
+
+
+# -- Jetson: the GPU builds of onnxruntime stay the only ones ----------------------------------
+
+
+def renamed_wheel(source: Path, name: str, folder: Path, requires: dict[str, str]) -> Path:
+    """``source`` (a wheel) as distribution ``name``, same modules, its requirements renamed
+    by ``requires``: the stand-in for a JetPack wheel of a GPU build, which PyPI does not have."""
+    import base64
+    import csv
+    import io
+    import zipfile
+
+    old_name, version = source.name.split("-")[:2]
+    new_name = name.replace("-", "_")
+    target = folder / source.name.replace(f"{old_name}-", f"{new_name}-", 1)
+    records = []
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for item in old.infolist():
+            data = old.read(item)
+            path = item.filename.replace(f"{old_name}-{version}.dist-info", f"{new_name}-{version}.dist-info")
+            if path.endswith(".dist-info/RECORD"):
+                record_path = path
+                continue
+            if path.endswith(".dist-info/METADATA"):
+                data = re.sub(rb"^Name: .*$", f"Name: {name}".encode(), data, count=1, flags=re.MULTILINE)
+                for old_requirement, new_requirement in requires.items():
+                    data = re.sub(rf"^Requires-Dist: {old_requirement}\b".encode(),
+                                  f"Requires-Dist: {new_requirement}".encode(), data, flags=re.MULTILINE)
+            new.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            records.append((path, f"sha256={digest}", str(len(data))))
+        text = io.StringIO()
+        csv.writer(text).writerows([*records, (record_path, "", "")])
+        new.writestr(record_path, text.getvalue())
+    return target
+
+
+def test_with_jetson_wheels_the_gpu_builds_are_the_only_onnxruntime_in_the_venv(tmp_path: Path) -> None:
+    needs_root()
+    downloads, wheels = tmp_path / "downloads", tmp_path / "wheels"
+    wheels.mkdir()
+    import onnxruntime
+    import onnxruntime_genai
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(downloads),
+                    f"onnxruntime=={onnxruntime.__version__}", f"onnxruntime-genai=={onnxruntime_genai.__version__}"],
+                   check=True, timeout=600)
+    for wheel in downloads.iterdir():
+        if wheel.name.startswith("onnxruntime_genai-"):
+            renamed_wheel(wheel, "onnxruntime-genai-cuda", wheels, {"onnxruntime": "onnxruntime-gpu"})
+        else:
+            renamed_wheel(wheel, "onnxruntime-gpu", wheels, {})
+    prefix = tmp_path / "prefix"
+    run("--prefix", str(prefix), "--board", "jetson", "--wheels", str(wheels))
+    venv = prefix / "opt/edged/venv/bin/python"
+    listed = subprocess.run([str(venv), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
+                            check=True).stdout
+    names = {entry["name"].lower() for entry in json.loads(listed)}
+    assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", "edged"} <= names
+    assert not {"onnxruntime", "onnxruntime-genai"} & names  # nothing from PyPI on top of them
+    works = subprocess.run([str(prefix / "opt/edged/venv/bin/edged"), "generate", "--model",
+                            str(REPO / "models/tiny/text-int4"), "--max-tokens", "3", "Hello"],
+                           capture_output=True, text=True, timeout=120)
+    assert works.returncode == 0, works.stderr

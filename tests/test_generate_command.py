@@ -50,3 +50,15 @@ def test_generate_explains_a_missing_picture(tmp_path: Path) -> None:
     result = edged("generate", "--image", str(tmp_path / "none.png"), "Hi")
     assert result.returncode == 1
     assert "none.png: no such file" in result.stderr
+
+
+def test_a_cuda_package_that_falls_back_to_the_cpu_says_why(tmp_path: Path) -> None:
+    import shutil
+
+    package = tmp_path / "tiny-cuda"
+    shutil.copytree(TINY / "text-int4", package)
+    manifest = json.loads((package / "edged-model.json").read_text())
+    (package / "edged-model.json").write_text(json.dumps({**manifest, "target": "cuda"}))
+    result = edged("generate", "--model", str(package), "--max-tokens", "2", "Hello")
+    assert result.returncode == 0, result.stderr  # it still runs, on the CPU
+    assert "a CUDA package runs on the CPU: this onnxruntime has no CUDAExecutionProvider" in result.stderr

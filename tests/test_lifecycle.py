@@ -194,6 +194,7 @@ def test_the_running_daemon_answers_status_and_publishes_it(start_daemon, notify
     status = edged("status", "--endpoint", daemon.control, "--json", "--timeout", "10")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["model"] == "edged-tiny-vl-fp32"
+    assert json.loads(status.stdout)["execution_provider"] == "CPUExecutionProvider"  # what runs it, named
     watched = edged("watch", "--endpoint", daemon.events, "--count", "2", "--json", "edged.status", timeout=30)
     assert [json.loads(line)["kind"] for line in watched.stdout.splitlines()] == ["status", "status"]
     asked = edged("ask", "--endpoint", daemon.control, "--timeout", "30", "Anyone there?")

@@ -134,6 +134,7 @@ class AgentPart:
         engine, tasks = self.engine, self._tasks
         return {
             "queue_depth": len(self._queue), "model": engine.manifest.name if engine else None,
+            "execution_provider": engine.execution_provider if engine else None,
             "images_encoded": engine.counters.images_encoded if engine else None,
             "sessions": len(self._sessions) if self._sessions is not None else None,
             "tokens_per_s": tasks.figures.tokens_per_s if tasks else None,

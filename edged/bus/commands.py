@@ -176,7 +176,8 @@ def _status(args: argparse.Namespace) -> int:
         if args.as_json:
             print(status.model_dump_json(indent=2))
             return 0
-        print(f"{status.detail or 'running'}; up {status.uptime_s:.0f} s; model {status.model or '-'}")
+        print(f"{status.detail or 'running'}; up {status.uptime_s:.0f} s; model {status.model or '-'}"
+              + (f" on {status.execution_provider}" if status.execution_provider else ""))
         dropped = ", ".join(f"{kind} {n}" for kind, n in sorted(status.jobs_dropped.items())) or "none"
         print(f"queue {status.queue_depth}, busy refusals {status.requests_busy}, jobs dropped: {dropped}")
         speed = [f"{name} {value}" for name, value in (("tokens/s", status.tokens_per_s), ("TTFT ms", status.ttft_ms),

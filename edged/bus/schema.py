@@ -86,6 +86,7 @@ class RuleState(_Model):
 class Status(_Model):
     uptime_s: float
     model: str | None = Field(None, description="the model package in use")
+    execution_provider: str | None = Field(None, description="what runs the model, e.g. CPUExecutionProvider")
     cameras: dict[str, CameraStatus] = Field(default_factory=dict)
     queue_depth: int = 0
     requests_busy: int = Field(0, description="requests refused as busy since start")

@@ -84,6 +84,10 @@ class Engine:
         if provider is None:
             cuda = "CUDAExecutionProvider" in ort.get_available_providers()
             provider = "cuda" if self.manifest.target == "cuda" and cuda else "cpu"
+            if self.manifest.target == "cuda" and not cuda:
+                log.warning("a CUDA package runs on the CPU: this onnxruntime has no CUDAExecutionProvider "
+                            "(on a Jetson, install the GPU builds: deploy/install.sh --wheels DIR)",
+                            package=self.manifest.name)
         self.fingerprint = self.manifest.fingerprint
         self.prefill_chunk = prefill_chunk
         config = json.loads((self.package / "genai_config.json").read_text())["model"]
@@ -96,6 +100,12 @@ class Engine:
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
         self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
+        self.execution_provider = self.decoder.get_providers()[0]
+        """The provider that runs the decoder, as onnxruntime reports it."""
+        if provider == "cuda" and self.execution_provider != "CUDAExecutionProvider":
+            log.warning("CUDA requested but the decoder runs on the CPU: onnxruntime could not load its CUDA "
+                        "provider (CUDA or cuDNN libraries missing or of another version? its log says which)",
+                        package=self.manifest.name, provider=self.execution_provider)
         self.tokenizer = og.Tokenizer(str(self.package))
         self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
         self.multimodal = "embedding" in config
