@@ -444,3 +444,28 @@ def test_a_missing_gstreamer_element_is_named_with_its_package() -> None:
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert 'no element "nvvidconv"' in report["last_error"] and "apt install nvidia-l4t-gstreamer" in report["last_error"]
+
+
+@pytest.mark.parametrize(("failure", "words"), [
+    (ImportError("numpy.core.multiarray failed to import"), "numpy.core.multiarray failed to import"),
+    (ValueError("numpy.dtype size changed, may indicate binary incompatibility"), "dtype size changed"),
+    (RuntimeError("libcamera: no cameras available"), "no cameras available"),
+])
+def test_any_picamera2_failure_at_import_is_the_cameras_reconnecting_state_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, words: str
+) -> None:
+    class Exploding(types.ModuleType):
+        def __getattr__(self, name: str):
+            raise failure
+
+    monkeypatch.setitem(sys.modules, "picamera2", Exploding("picamera2"))
+    camera = CameraCapture("pi", CameraConfig(source="picamera2", reconnect_max_s=0.2))
+    camera.start()
+    deadline = time.monotonic() + 5
+    while camera.reconnects < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = camera.status()
+    camera.stop()
+    assert camera.reconnects >= 2 and camera._thread.is_alive() is False  # retried, and stopped only when told
+    assert status.state == "reconnecting" and words in status.last_error
+    assert ("numpy" in words or "dtype" in words) == ("Raspberry Pi OS builds picamera2" in status.last_error)

@@ -19,6 +19,17 @@ INSTALL_HINT = (
 )
 
 
+def _abi_hint(error: Exception) -> str:
+    """What to do when Debian's picamera2 stack, built against Debian's numpy, meets another."""
+    text = str(error)
+    if "NumPy" not in text and "numpy" not in text and "dtype size changed" not in text:
+        return ""
+    import numpy
+
+    return (f" (Raspberry Pi OS builds picamera2's C extensions against its own numpy 1.x; this "
+            f"environment runs numpy {numpy.__version__}: see docs/deploy.md, Raspberry Pi)")
+
+
 def to_rgb(array: np.ndarray, pixel_format: str, size: tuple[int, int]) -> np.ndarray:
     """An RGB H x W x 3 array from what capture_array returned in ``pixel_format``."""
     import cv2
@@ -45,8 +56,10 @@ class Picamera2Source:
     def open(self) -> None:
         try:
             from picamera2 import Picamera2
-        except ImportError:
+        except ModuleNotFoundError:
             raise SourceError(INSTALL_HINT) from None
+        except Exception as error:  # noqa: BLE001 - whatever the camera stack raises at import, the camera reports it
+            raise SourceError(f"picamera2 cannot be imported: {type(error).__name__}: {error}{_abi_hint(error)}") from None
         try:
             self._picam = Picamera2(self.camera)
             config = self._picam.create_video_configuration(
