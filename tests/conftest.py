@@ -147,6 +147,19 @@ def start_daemon(tmp_path: Path, notify_socket: NotifySocket) -> Iterator:
         daemon.kill()
 
 
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def needs_root() -> None:
     """Skip on a developer's machine without root; CI runs as root, where this never skips."""
     if os.geteuid() != 0:

@@ -13,17 +13,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from conftest import NotifySocket, edged
+from conftest import NotifySocket, edged, wait_until, write_config
 
 from edged.capture.sources.synthetic import synthetic_frame
 from edged.agent.tasks import DETECTION_SCHEMA, objects_in_pixels
 from edged.bus.schema import Detection, RuleState, Snapshot
 from edged.client import BusError, Client, Subscriber
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def one_picture(folder: Path) -> Path:
@@ -181,13 +176,6 @@ def test_boxes_in_qwen_coordinates_become_frame_pixels() -> None:
 
 def rules_of(client: Client, camera: str) -> dict[str, object]:
     return {rule.id: rule for rule in client.status().rules.get(camera, [])}
-
-
-def wait_until(condition, timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_sighup_adds_a_rule_and_a_new_prompt_without_reloading_the_model(

@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, NotifySocket, edged
-from test_faults import wait_until
+from conftest import REPO, NotifySocket, edged, wait_until
 
 from edged.bus.schema import CameraStatus
 from edged.client import Client

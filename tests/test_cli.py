@@ -113,3 +113,17 @@ def test_ci_runs_the_test_command_the_readme_gives() -> None:
     assert run_command.endswith("edged run")
     ci = (REPO / ".ci/run").read_text().splitlines()
     assert test_command in ci
+
+
+def test_commands_that_run_no_model_never_import_onnxruntime(tmp_path: Path) -> None:
+    """Every shell command on a Pi would pay for it: seconds under emulation, one on x86."""
+    import subprocess
+    import sys
+
+    nobody = f"ipc://{tmp_path}/nobody.sock"
+    for argv in (["--version"], ["config", "check", "--set", "model.path=auto", "--set", f"model.models_dir={tmp_path}"],
+                 ["status", "--endpoint", nobody], ["watch", "--endpoint", nobody], ["ask", "x", "--endpoint", nobody]):
+        probe = (f"import sys\nfrom edged.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+                 "print(sorted(m for m in ('onnxruntime', 'onnxruntime_genai', 'onnx') if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert result.stdout.strip().splitlines()[-1] == "[]", (argv, result.stdout, result.stderr)

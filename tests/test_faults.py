@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from conftest import REPO, TINY, NotifySocket, clean_env, edged
+from conftest import REPO, TINY, NotifySocket, clean_env, edged, wait_until, write_config
 from test_bus import free_ports
 
 from edged.client import BusError, Client, Subscriber
 from edged.engine.store import _file_key
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def dealer(endpoint: str) -> zmq.Socket:
@@ -36,13 +31,6 @@ def dealer(endpoint: str) -> zmq.Socket:
 
 def reply_to(socket_: zmq.Socket, timeout: float = 10) -> dict | None:
     return json.loads(socket_.recv_multipart()[-1]) if socket_.poll(timeout * 1000) else None
-
-
-def wait_until(check, timeout: float = 30, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # -- 1. one request silenced the daemon for good ----------------------------------------------

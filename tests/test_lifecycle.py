@@ -10,14 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, NotifySocket
+from conftest import REPO, NotifySocket, write_config
 
 EX_CONFIG = 78
 
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def test_run_with_no_config_reports_ready_and_its_status(start_daemon, notify_socket: NotifySocket) -> None:

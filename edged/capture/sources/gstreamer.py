@@ -50,10 +50,12 @@ class GStreamerSource:
         self._sink = None
 
     def open(self) -> None:
+        from gi.repository import GLib
+
         Gst = _gst()
         try:
             self._pipeline = Gst.parse_launch(self.pipeline_text)
-        except Exception as error:  # noqa: BLE001 - GLib.Error, the one thing parse_launch raises
+        except GLib.Error as error:  # a pipeline that does not parse, or names an element not installed
             raise SourceError(f"{self.label}: bad pipeline: {error}{_install_hint(str(error))}") from None
         self._sink = self._pipeline.get_by_name("edged") or _first_appsink(self._pipeline)
         if self._sink is None:
