@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # python3-systemd: Debian's built systemd bindings (the venv sees them: nothing to compile).
 # systemd: systemd-analyze, systemd-journald, systemd-sysusers and systemd-tmpfiles, used by tests;
-# debootstrap: the deploy tests install edged into a fresh Debian bookworm.
+# debootstrap: the deploy tests install edged into a fresh Debian bookworm, and (with
+# qemu-user-static and binfmt-support) into Debian bookworm arm64 under emulation.
 # python3-gi + gir1.2-gst*: GStreamer's Python bindings come from Debian, so the venv sees
 # system packages; the plugins give V4L2, RTSP, H.264 (plugins-bad: h264parse; libav:
 # avdec_h264) and the test sources. For the tests only: a real RTSP server (gst-rtsp-server)
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-dev gcc python3-systemd systemd util-linux python3-gi
               gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav debootstrap
-              gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0)
+              gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 qemu-user-static binfmt-support)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
