@@ -136,6 +136,7 @@ class Service:
     def run(self) -> int:
         wakeup = self._install_signal_handlers()
         try:
+            self.notifier.status(self._set_status("starting"))  # what `edged status` says while the model loads
             if not self.start():
                 return self._exit_status or 1
             status = self._set_status(self.status_text())

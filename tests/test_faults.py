@@ -215,10 +215,10 @@ def test_a_full_notify_queue_never_freezes_the_daemon(tmp_path: Path) -> None:
         with Client(f"ipc://{tmp_path}/control.sock", timeout=30) as client:
             client.status()  # up; its pings fill the queue nobody reads within a second
             time.sleep(2)
-            for _ in range(5):
+            for _ in range(5):  # python-systemd's notify froze the whole process here, for good
                 started = time.monotonic()
                 client.status()
-                assert time.monotonic() - started < 1.0
+                assert time.monotonic() - started < 3.0
         daemon.send(signal.SIGTERM)
         assert daemon.wait(timeout=10) == 0
     finally:

@@ -50,9 +50,9 @@ class GStreamerSource:
         self._sink = None
 
     def open(self) -> None:
+        Gst = _gst()  # first: without GStreamer's bindings it says what to install
         from gi.repository import GLib
 
-        Gst = _gst()
         try:
             self._pipeline = Gst.parse_launch(self.pipeline_text)
         except GLib.Error as error:  # a pipeline that does not parse, or names an element not installed
