@@ -30,11 +30,9 @@ def start_problems(settings: Settings, package_sizes: bool = True) -> list[str]:
     try:
         model = choose_model(settings.model)
     except ModelSelectionError as error:
-        problems.append(str(error))
-    else:
+        return [*problems, str(error)]
+    if package_sizes:
         try:
-            if not package_sizes:
-                return problems
             check_package(model.path, None, hashes=False)
         except PackageDamaged as error:
             problems.append(f"[model] path: the package {model.path} is damaged: {error}")

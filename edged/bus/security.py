@@ -53,13 +53,6 @@ def read_allowed_keys(folder: Path) -> frozenset[bytes]:
         raise OSError(f"[bus] curve_allow = {str(folder)!r}: unreadable key files ({error})") from None
 
 
-def make_curve_server(sockets: list[zmq.Socket], public: bytes, secret: bytes) -> None:
-    for socket in sockets:
-        socket.curve_publickey = public
-        socket.curve_secretkey = secret
-        socket.curve_server = True
-
-
 class AllowList:
     """The client keys admitted to the bus; owned by the bus thread."""
 
@@ -139,7 +132,9 @@ class CurveGate:
 
     def secure(self, socket: zmq.Socket) -> None:
         """Make ``socket`` a CURVE server with this keypair, its handshakes watched."""
-        make_curve_server([socket], self._public, self._secret)
+        socket.curve_publickey = self._public
+        socket.curve_secretkey = self._secret
+        socket.curve_server = True
         self._monitors[socket.get_monitor_socket(sum(self._FAILURES))] = socket
 
     def forget(self, socket: zmq.Socket) -> None:

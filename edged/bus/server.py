@@ -236,22 +236,17 @@ class BusServer:
                 error=ErrorInfo(code="unavailable", message="the daemon is stopping; ask again when it is back")))
         self._pending.clear()
 
-    def _open_events(self) -> zmq.Socket:
-        events = self._context.socket(zmq.PUB)
-        events.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-        if self._gate is not None:
-            self._gate.secure(events)
-        return events
-
     def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self.config.curve_secret_key is not None:
             self._gate = CurveGate(self._context, self.config.curve_secret_key, self.config.curve_allow)  # type: ignore[arg-type]
-        events = self._open_events()
+        events = self._context.socket(zmq.PUB)
         control = self._context.socket(zmq.ROUTER)
+        events.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         # What one request may cost in memory: ZeroMQ drops a connection that announces a
         # larger message before edged sees a byte of it, so no reply is possible past this.
         control.setsockopt(zmq.MAXMSGSIZE, max(self.config.max_request_bytes, TRANSPORT_MAX_BYTES))
         if self._gate is not None:
+            self._gate.secure(events)
             self._gate.secure(control)
         self.events_endpoint = server_endpoint(self.config.events)
         self.control_endpoint = server_endpoint(self.config.control)

@@ -34,7 +34,7 @@ class CameraCapture:
         self.pipeline = FramePipeline(config)
         self._source = source
         self._pulse = pulse or Pulse(f"camera {name}")
-        self._beat, self._beat_every = self._pulse.beat, beat_every
+        self._beat_every = beat_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pulse.guard(self._run), name=f"capture-{name}", daemon=True)
         self.state = "offline"
@@ -98,14 +98,14 @@ class CameraCapture:
     def _wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
-            self._beat()
+            self._pulse.beat()
             self._stop.wait(min(self._beat_every, max(0.0, deadline - time.monotonic())))
 
     def _read(self, source: FrameSource) -> None:
         last = None
         opened = time.monotonic()
         while not self._stop.is_set():
-            self._beat()
+            self._pulse.beat()
             rgb = source.read(timeout=min(self._beat_every, self.config.stall_s))
             if rgb is None:
                 silent = time.monotonic() - (last or opened)

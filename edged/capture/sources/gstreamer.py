@@ -12,7 +12,7 @@ import numpy as np
 from edged.capture.sources import SourceEnded, SourceError
 
 SINK = "appsink name=edged max-buffers=1 drop=true sync=false emit-signals=false"
-H264_PACKAGES = "gstreamer1.0-plugins-bad gstreamer1.0-libav"
+H264_PACKAGES = ("gstreamer1.0-plugins-bad", "gstreamer1.0-libav")
 PACKAGE_OF_ELEMENT = {
     "h264parse": "gstreamer1.0-plugins-bad", "h265parse": "gstreamer1.0-plugins-bad",
     "avdec_h264": "gstreamer1.0-libav", "avdec_h265": "gstreamer1.0-libav", "x264enc": "gstreamer1.0-plugins-ugly",
@@ -114,7 +114,7 @@ def _install_hint(text: str) -> str:
     """Where to get what ``text`` says is missing, on Debian (Raspberry Pi OS, JetPack)."""
     packages = sorted({package for element, package in PACKAGE_OF_ELEMENT.items() if f'"{element}"' in text})
     if "H.264" in text or "H.265" in text:
-        packages = sorted({*packages, *H264_PACKAGES.split()})
+        packages = sorted({*packages, *H264_PACKAGES})
     return f" (apt install {' '.join(packages)})" if packages else ""
 
 
