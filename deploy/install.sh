@@ -4,6 +4,7 @@
 #   sudo deploy/install.sh                          install or upgrade from this checkout
 #   sudo deploy/install.sh --model ./qwen3.5-0.8b-int4-cpu
 #   sudo deploy/install.sh --board jetson --wheels /media/usb/wheels
+#   sudo deploy/install.sh --python /usr/bin/python3.12
 #   sudo deploy/install.sh --dry-run                say what would change, change nothing
 #   sudo deploy/install.sh --uninstall              remove edged, keep /etc/edged and its state
 #   sudo deploy/install.sh --uninstall --purge      remove everything, the edged user too
@@ -13,23 +14,31 @@
 set -euo pipefail
 
 SOURCE="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=deploy/python-env.sh
+. "$SOURCE/deploy/python-env.sh"
 PREFIX=/
 BOARD=auto
 MODEL=""
 WHEELS=""
+PYTHON=""
 DRY_RUN=0
 UNINSTALL=0
 PURGE=0
 APT=1
 CHANGES=0
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 
 options:
   --board auto|rpi|jetson|generic   what to install for (auto: read the device tree)
   --model NAME|DIR                  install a model package (a catalog name, a URL or a folder)
   --wheels DIR                      JetPack: onnxruntime-gpu and onnxruntime-genai-cuda wheels
                                     (PyPI has no aarch64 CUDA build); without it, CPU wheels
+  --python PATH                     the Python (3.11 or newer) for the venv; default: the
+                                    distribution's python3, or on Ubuntu 22.04 (JetPack 6, whose
+                                    python3 is 3.10) Ubuntu's python3.11, installed from apt.
+                                    Any but the distribution's python3 gets an isolated venv with
+                                    GStreamer's and systemd's bindings built from PyPI
   --prefix DIR                      install under DIR instead of / (images, tests); no apt, no systemctl
   --source DIR                      the edged source tree to install (default: this checkout)
   --no-apt                          do not install Debian packages
@@ -43,6 +52,7 @@ while [ $# -gt 0 ]; do
         --board) BOARD="$2"; shift 2 ;;
         --model) MODEL="$2"; shift 2 ;;
         --wheels) WHEELS="$2"; shift 2 ;;
+        --python) PYTHON="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; APT=0; shift 2 ;;
         --source) SOURCE="$2"; shift 2 ;;
         --no-apt) APT=0; shift ;;
@@ -62,6 +72,7 @@ STATE="$PREFIX/var/lib/edged"
 UNIT_DIR="$PREFIX/etc/systemd/system"
 
 say() { echo "==> $*"; }
+die() { local status="$1"; shift; echo "install.sh: $*" >&2; exit "$status"; }
 # Run a command that changes the system, or only print it with --dry-run.
 change() {
     CHANGES=$((CHANGES + 1))
@@ -82,12 +93,41 @@ detect_board() {
     echo generic
 }
 
+choose_python() {
+    if [ -z "$PYTHON" ]; then
+        local version="" os=()
+        [ -x "$EDGED_SYSTEM_PYTHON" ] && version="$(python_version "$EDGED_SYSTEM_PYTHON")"
+        # shellcheck source=/dev/null
+        read -r -a os <<<"$([ -f "$PREFIX/etc/os-release" ] && . "$PREFIX/etc/os-release"; echo "${ID:-} ${VERSION_ID:-}")"
+        PYTHON="$(default_python "$version" "${os[0]:-}" "${os[1]:-}")" ||
+            die 2 "this system's python3 is $version, and edged needs Python 3.11 or newer (onnxruntime-genai" \
+                  "has no wheels for older ones): install one and pass it with --python PATH"
+    fi
+    # The unit's sandbox (ProtectHome=yes) hides /home and /root from the daemon.
+    case "$(realpath -m "$PYTHON")" in
+        /home/*|/root/*) [ -n "$PREFIX" ] ||
+            die 2 "--python $PYTHON: the service cannot run an interpreter under /home or /root (its unit" \
+                  "has ProtectHome=yes): use one installed under /usr, /usr/local or /opt" ;;
+    esac
+}
+
+check_python() {  # after apt, which may have installed it
+    [ "$DRY_RUN" = 1 ] && [ ! -x "$PYTHON" ] && return
+    local version; version="$(python_version "$PYTHON")"
+    [ -n "$version" ] || die 2 "--python $PYTHON: not a Python interpreter"
+    version_at_least "$version" 3.11 ||
+        die 2 "--python $PYTHON is Python $version; edged needs 3.11 or newer (onnxruntime-genai has no wheels for older ones)"
+}
+
 install_packages() {
-    # python3-systemd: Debian's built systemd bindings (the venv sees them), so no compiler on
-    # the device; plugins-bad and libav: h264parse and avdec_h264, for H.264 IP cameras.
-    local packages=(python3 python3-venv python3-systemd systemd python3-gi
-                    gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base
+    # The interpreter's own (deploy/python-env.sh): with Debian's python3, its built GStreamer
+    # and systemd bindings and numpy, so no compiler on the device. Plugins-bad and libav:
+    # h264parse and avdec_h264, for H.264 IP cameras.
+    local packages=(systemd gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base
                     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-tools)
+    local python_needs=()
+    read -r -a python_needs <<<"$(python_packages "$PYTHON" | tr '\n' ' ')"
+    packages+=("${python_needs[@]}")
     case "$1" in
         rpi) packages+=(python3-picamera2 python3-libcamera) ;;
         jetson) packages+=(nvidia-l4t-gstreamer) ;;  # nvarguscamerasrc and nvvidconv
@@ -112,21 +152,43 @@ source_stamp() {  # identifies the edged being installed: a git commit and any l
 }
 
 install_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        say "virtual environment $VENV (sees Debian's python3-gi and picamera2)"
-        change /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    local anew=0
+    if [ -e "$VENV" ] && [ "$(realpath -q "$VENV/bin/python")" != "$(realpath -q "$PYTHON")" ]; then
+        say "virtual environment $VENV was made with another Python: making it anew"
+        change rm -rf "$VENV"
+        anew=1
+    fi
+    if [ "$anew" = 1 ] || [ ! -x "$VENV/bin/python" ]; then
+        local options; options="$(venv_options "$PYTHON")"
+        if [ -n "$options" ]; then
+            say "virtual environment $VENV with $PYTHON (sees Debian's GStreamer bindings, numpy and picamera2)"
+        else
+            say "virtual environment $VENV with $PYTHON (isolated: bindings built from PyPI)"
+        fi
+        # shellcheck disable=SC2086  # no option, or one
+        change "$PYTHON" -m venv $options "$VENV"
     fi
     local stamp; stamp="$(source_stamp)"
     if [ -f "$VENV/.edged-source" ] && [ "$(cat "$VENV/.edged-source")" = "$stamp" ]; then return; fi
     say "edged from $SOURCE into $VENV"
     local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    local constraint; constraint="$(numpy_constraint "$PYTHON")"
+    if [ -n "$constraint" ]; then  # the distribution's numpy, which its C extensions are built against
+        [ "$DRY_RUN" = 1 ] || echo "$constraint" > "$VENV/edged-constraints.txt"
+        pip+=(--constraint "$VENV/edged-constraints.txt")
+        if own_numpy "$VENV/bin/python"; then
+            change "$VENV/bin/python" -m pip uninstall --quiet --yes numpy
+        fi
+    fi
+    local extras; extras="$(python_extras "$PYTHON")"
+    local edged="$SOURCE${extras:+[$extras]}"
     if [ "$1" = jetson ] && [ -n "$WHEELS" ]; then
         # The GPU builds are other distributions of the same modules: installed as edged's
         # requirements, pip would put PyPI's CPU onnxruntime and onnxruntime-genai over them.
         # So: the GPU wheels, edged's other requirements, then edged without its own.
         local requirements=()
-        mapfile -t requirements < <(/usr/bin/python3 "$SOURCE/deploy/requirements.py" "$SOURCE/pyproject.toml" \
-                                    --without onnxruntime onnxruntime-genai)
+        mapfile -t requirements < <("$PYTHON" "$SOURCE/deploy/requirements.py" "$SOURCE/pyproject.toml" \
+                                    --without onnxruntime onnxruntime-genai --extras $extras)
         local gpu_wheels=("$WHEELS"/onnxruntime_gpu-*.whl "$WHEELS"/onnxruntime_genai_cuda-*.whl)
         for wheel in "${gpu_wheels[@]}"; do
             [ -f "$wheel" ] || { echo "install.sh: $WHEELS holds no ${wheel##*/}: put the JetPack wheels of" \
@@ -137,7 +199,7 @@ install_venv() {
         change "${pip[@]}" "${requirements[@]}"
         change "${pip[@]}" --upgrade --no-deps "$SOURCE"
     else
-        change "${pip[@]}" --upgrade "$SOURCE"
+        change "${pip[@]}" --upgrade "$edged"
     fi
     if [ "$DRY_RUN" = 0 ]; then echo "$stamp" > "$VENV/.edged-source"; fi
 }
@@ -242,8 +304,10 @@ if [ "$UNINSTALL" = 1 ]; then
 else
     board="$(detect_board)"
     case "$board" in rpi|jetson|generic) ;; *) echo "install.sh: unknown board $board" >&2; exit 2 ;; esac
+    choose_python
     say "installing edged for board '$board' into ${ROOT}"
     if [ "$APT" = 1 ]; then install_packages "$board"; fi
+    check_python
     install_venv "$board"
     install_system_files "$board"
     install_model

@@ -1,7 +1,8 @@
-"""Print edged's runtime requirements from pyproject.toml, one per line, leaving out the
-distributions named after --without (install.sh puts GPU builds in their place on a Jetson).
+"""Print edged's runtime requirements from pyproject.toml, one per line, with those of the
+extras named after --extras, leaving out the distributions named after --without (install.sh
+puts GPU builds in their place on a Jetson).
 
-    python3 deploy/requirements.py pyproject.toml --without onnxruntime onnxruntime-genai
+    python3 deploy/requirements.py pyproject.toml --without onnxruntime onnxruntime-genai --extras bindings
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject")
     parser.add_argument("--without", nargs="*", default=[], metavar="NAME")
+    parser.add_argument("--extras", nargs="*", default=[], metavar="EXTRA")
     args = parser.parse_args()
     with open(args.pyproject, "rb") as file:
-        requirements = tomllib.load(file)["project"]["dependencies"]
+        project = tomllib.load(file)["project"]
+    requirements = list(project["dependencies"])
+    for extra in args.extras:
+        requirements += project["optional-dependencies"][extra]
     left_out = {distribution(name) for name in args.without}
     for requirement in requirements:
         if distribution(requirement) not in left_out:

@@ -17,6 +17,9 @@ import pytest
 from conftest import REPO, needs_root
 
 INSTALL = REPO / "deploy/install.sh"
+# A Python that is not the distribution's: pyenv's, which these machines have (shared/FACTS.md)
+# and .ci/run checks for; it stands in for Ubuntu 22.04's python3.11 on JetPack 6.
+OTHER_PYTHON = Path("/root/.pyenv/versions/3.13.0/bin/python3")
 
 
 def run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -113,17 +116,103 @@ def test_a_crash_of_config_check_is_reported_as_a_crash_not_as_a_bad_config(inst
     assert "'edged config check' crashed (exit 139)" in result.stderr and "fix it" not in result.stderr
 
 
+def numpy_location(python: Path) -> str:
+    return subprocess.run([str(python), "-c", "import numpy; print(numpy.__file__)"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_the_venv_keeps_debians_numpy_and_an_upgrade_drops_one_of_its_own(installed: Path) -> None:
+    python = installed / "opt/edged/venv/bin/python"
+    assert numpy_location(python).startswith("/usr/lib/python3/dist-packages/")
+    # as an install made before the venv kept Debian's numpy left it
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy>=2"], check=True, timeout=600)
+    assert numpy_location(python).startswith(str(installed))
+    (installed / "opt/edged/venv/.edged-source").write_text("an older edged")
+    run("--prefix", str(installed), "--board", "jetson")
+    assert numpy_location(python).startswith("/usr/lib/python3/dist-packages/")
+
+
 def test_raspberry_pi_gets_picamera2_from_apt() -> None:
     needs_root()
     apt = run("--board", "rpi", "--dry-run")  # at / : shows the apt step, changes nothing
     assert "python3-picamera2" in apt.stdout and "python3-libcamera" in apt.stdout
 
 
+def python_env(call: str) -> subprocess.CompletedProcess[str]:
+    """``call`` run in bash after sourcing deploy/python-env.sh, which install.sh and dev-setup.sh share."""
+    return subprocess.run(["bash", "-c", f'. "{REPO}/deploy/python-env.sh" && {call}'], capture_output=True, text=True)
+
+
 def test_devices_get_built_packages_from_debian_and_an_h264_decoder() -> None:
     script = INSTALL.read_text()
     packages = script[script.index("local packages=("):script.index(")", script.index("local packages=("))].split()
-    assert {"python3-systemd", "gstreamer1.0-plugins-bad", "gstreamer1.0-libav"} <= set(packages)
+    packages += python_env("python_packages /usr/bin/python3").stdout.split()
+    assert {"python3-systemd", "python3-gi", "python3-numpy", "gstreamer1.0-plugins-bad", "gstreamer1.0-libav"} <= set(packages)
     assert not {"gcc", "python3-dev", "libsystemd-dev"} & set(packages)  # nothing is compiled on a device
+
+
+@pytest.mark.parametrize(("system_python", "os_id", "os_version", "chosen"), [
+    ("3.11", "debian", "12", "/usr/bin/python3"),     # Raspberry Pi OS bookworm, Debian 12
+    ("3.13", "debian", "13", "/usr/bin/python3"),     # Debian 13
+    ("", "debian", "12", "/usr/bin/python3"),         # python3 not installed yet: apt brings it
+    ("3.10", "ubuntu", "22.04", "/usr/bin/python3.11"),  # JetPack 6: Ubuntu's own python3.11
+    ("3.8", "ubuntu", "20.04", None),                 # JetPack 5: nothing to offer, say so
+])
+def test_the_python_a_board_gets(system_python: str, os_id: str, os_version: str, chosen: str | None) -> None:
+    result = python_env(f'default_python "{system_python}" {os_id} {os_version}')
+    assert (result.stdout.strip() or None) == chosen and (result.returncode == 0) == (chosen is not None)
+
+
+def test_jetpack_6s_python_comes_with_what_builds_the_bindings_and_an_isolated_venv() -> None:
+    old = Path("/root/.pyenv/versions/3.10.13/bin/python3")
+    assert old.exists(), f"{old}: these machines have pyenv's 3.10 (shared/FACTS.md)"
+    jetpack = f"EDGED_SYSTEM_PYTHON={old}; "  # as on Ubuntu 22.04, the system's python3 is 3.10
+    packages = python_env(jetpack + "python_packages /usr/bin/python3.11").stdout.split()
+    assert {"python3.11", "python3.11-venv", "python3.11-dev", "gcc", "libgirepository1.0-dev",
+            "libcairo2-dev", "libsystemd-dev"} <= set(packages)
+    assert "python3-gi" not in packages  # built for Ubuntu's python3 (3.10): it cannot load in 3.11
+    assert python_env(jetpack + "venv_options /usr/bin/python3.11").stdout.strip() == ""
+    assert python_env(jetpack + "python_extras /usr/bin/python3.11").stdout.strip() == "bindings"
+    assert python_env(jetpack + f"venv_options {old}").stdout.strip() == "--system-site-packages"
+
+
+def test_a_python_older_than_3_11_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    old = Path("/root/.pyenv/versions/3.10.13/bin/python3")
+    assert old.exists(), f"{old}: these machines have pyenv's 3.10 (shared/FACTS.md)"
+    result = run("--prefix", str(tmp_path), "--board", "generic", "--python", str(old), check=False)
+    assert result.returncode == 2
+    assert "is Python 3.10; edged needs 3.11 or newer" in result.stderr
+    assert not (tmp_path / "opt/edged/venv").exists()
+
+
+def test_a_python_the_units_sandbox_hides_is_refused() -> None:
+    result = run("--dry-run", "--board", "generic", "--python", str(OTHER_PYTHON), check=False)
+    assert result.returncode == 2 and "ProtectHome=yes" in result.stderr and "would:" not in result.stdout
+
+
+def test_another_python_gets_an_isolated_venv_with_the_bindings_built_from_pypi(tmp_path: Path) -> None:
+    """The JetPack 6 path (a Python that is not the distribution's), with pyenv's 3.13 standing
+    in for Ubuntu's python3.11: nothing from Debian's site packages, GStreamer's and systemd's
+    bindings built from PyPI, and the model runs."""
+    needs_root()
+    run("--prefix", str(tmp_path), "--board", "generic", "--python", str(OTHER_PYTHON), timeout=1500)
+    venv = tmp_path / "opt/edged/venv"
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
+    probe = subprocess.run([str(venv / "bin/python"), "-c", """
+import sys, gi, numpy, systemd.journal
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+print("%d.%d" % sys.version_info[:2])
+for module in (gi, numpy, systemd.journal):
+    print(module.__file__)
+"""], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    version, *files = probe.stdout.split()
+    assert version == "3.13" and all(file.startswith(str(venv)) for file in files), files
+    works = subprocess.run([str(venv / "bin/edged"), "generate", "--model", str(REPO / "models/tiny/text-int4"),
+                            "--max-tokens", "3", "Hello"], capture_output=True, text=True, timeout=120)
+    assert works.returncode == 0, works.stderr
 
 
 def test_uninstall_keeps_config_and_state_and_purge_removes_everything(tmp_path: Path) -> None:
@@ -160,6 +249,16 @@ chroot "$root" /opt/edged/venv/bin/edged config check /etc/edged/edged.toml > "$
 chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin edged --version > "$root/on-path.log" 2>&1  # a login's PATH
 chroot "$root" /opt/edged/venv/bin/python -c 'import systemd.journal; print(systemd.journal.__file__)' > "$root/systemd-bindings.log"
 chroot "$root" dpkg-query -W -f='${Status}\n' gcc libsystemd-dev > "$root/compilers.log" 2>&1 || true
+# A Debian-built C extension on numpy's C API (as picamera2's simplejpeg is on a Pi), used
+# alongside everything edged imports, then the model run, all on the numpy the venv has.
+chroot "$root" /opt/edged/venv/bin/python -c '
+import numexpr, numpy
+import cv2, onnx, onnxruntime, onnxruntime_genai, edged.cli, edged.engine.engine, edged.capture.sampler
+values = numpy.arange(6.0)
+assert (numexpr.evaluate("2 * values") == 2 * values).all()
+print(numpy.__version__, numpy.__file__)' > "$root/numpy.log" 2>&1
+chroot "$root" /opt/edged/venv/bin/edged generate --model /src/edged/models/tiny/text-int4 --max-tokens 3 Hello \
+    > "$root/generate.log" 2>&1
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --uninstall > "$root/uninstall.log" 2>&1
 """
 
@@ -169,7 +268,7 @@ def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     needs_root()
     assert shutil.which("debootstrap"), "debootstrap is needed (apt install debootstrap; CI installs it)"
     root = tmp_path_factory.mktemp("bookworm") / "root"
-    subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,systemd,ca-certificates,git",
+    subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-numexpr,systemd,ca-certificates,git",
                     "bookworm", str(root), "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=900)
     source = root / "src/edged"
     files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
@@ -181,7 +280,7 @@ def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", CHROOT_SCRIPT, "-", str(root)],
                             capture_output=True, text=True, timeout=1500)
     logs = {name: (root / name).read_text() if (root / name).exists() else "" for name in
-            ("install-1.log", "install-2.log", "check.log", "uninstall.log")}
+            ("install-1.log", "install-2.log", "check.log", "numpy.log", "generate.log", "uninstall.log")}
     assert result.returncode == 0, f"{result.stderr[-2000:]}\n" + "\n".join(f"--- {k}\n{v[-3000:]}" for k, v in logs.items())
     return root
 
@@ -196,6 +295,11 @@ def test_install_sh_in_a_bookworm_chroot_installs_runs_again_and_uninstalls(book
     # Debian's built bindings, seen through the venv: no compiler was installed for them
     assert (bookworm / "systemd-bindings.log").read_text().startswith("/usr/lib/python3/dist-packages/systemd/")
     assert "install ok installed" not in (bookworm / "compilers.log").read_text()
+    # One numpy, Debian's, for its C extensions and for edged, whose model ran on it (a numpy in
+    # the venv would have been imported first).
+    version, location = (bookworm / "numpy.log").read_text().split()
+    assert location.startswith("/usr/lib/python3/dist-packages/numpy/") and version.startswith("1.")
+    assert (bookworm / "generate.log").read_text().strip()
     assert (bookworm / "install-2.log").read_text().strip().endswith("nothing to change")
     assert "valid" in (bookworm / "check.log").read_text()
     assert any(line.startswith("edged:") for line in (bookworm / "etc/passwd").read_text().splitlines())

@@ -108,6 +108,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     return Qwen3_5ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
+@pytest.mark.build
 def test_image_prompt_gives_transformers_tokens_and_logits(vl: Engine, reference, picture: Path, second_picture: Path) -> None:
     import torch
 

@@ -8,6 +8,8 @@ picamera2's "RGB888" is B, G, R in memory, "XRGB8888" has a fourth byte, and YUV
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edged.capture.sources import SourceError
@@ -26,8 +28,9 @@ def _abi_hint(error: Exception) -> str:
         return ""
     import numpy
 
-    return (f" (Raspberry Pi OS builds picamera2's C extensions against its own numpy 1.x; this "
-            f"environment runs numpy {numpy.__version__}: see docs/deploy.md, Raspberry Pi)")
+    return (f" (Raspberry Pi OS builds picamera2's C extensions against its own numpy; this "
+            f"environment runs numpy {numpy.__version__} from {Path(numpy.__file__).parent}: install edged "
+            f"with deploy/install.sh, whose venv keeps Debian's numpy; docs/deploy.md, Raspberry Pi)")
 
 
 def to_rgb(array: np.ndarray, pixel_format: str, size: tuple[int, int]) -> np.ndarray:
