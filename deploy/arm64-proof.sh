@@ -90,7 +90,7 @@ env=(/usr/bin/env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/roo
 
 started=$(date +%s)
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \
-    --model /src/edged/models/tiny/text-int4 > "$OUT/install.log" 2>&1
+    --model /src/edged/edged/models/tiny/text-int4 > "$OUT/install.log" 2>&1
 stamp install "$started"
 
 started=$(date +%s)

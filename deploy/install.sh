@@ -147,7 +147,7 @@ source_stamp() {  # identifies the edged being installed: a git commit and any l
     if git -C "$SOURCE" rev-parse HEAD >/dev/null 2>&1; then
         { git -C "$SOURCE" rev-parse HEAD; git -C "$SOURCE" diff HEAD; } | sha256sum | cut -c1-32
     else
-        (cd "$SOURCE" && find edged models bench pyproject.toml -type f -printf '%P %s %T@\n' | sort | sha256sum | cut -c1-32)
+        (cd "$SOURCE" && find edged pyproject.toml -type f -printf '%P %s %T@\n' | sort | sha256sum | cut -c1-32)
     fi
 }
 

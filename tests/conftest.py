@@ -168,4 +168,4 @@ def needs_root() -> None:
         pytest.skip("needs root (CI runs it as root)")
 
 
-TINY = REPO / "models" / "tiny"
+TINY = REPO / "edged" / "models" / "tiny"

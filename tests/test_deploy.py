@@ -42,7 +42,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     needs_root()
     prefix = tmp_path_factory.mktemp("prefix")
-    run("--prefix", str(prefix), "--board", "jetson", "--model", str(REPO / "models/tiny/text-int4"))
+    run("--prefix", str(prefix), "--board", "jetson", "--model", str(REPO / "edged/models/tiny/text-int4"))
     return prefix
 
 
@@ -75,7 +75,7 @@ def test_install_puts_edged_on_path_its_readme_where_the_unit_says_and_enables_t
 
 def test_a_second_run_changes_nothing(installed: Path) -> None:
     before = snapshot(installed)
-    result = run("--prefix", str(installed), "--board", "jetson", "--model", str(REPO / "models/tiny/text-int4"))
+    result = run("--prefix", str(installed), "--board", "jetson", "--model", str(REPO / "edged/models/tiny/text-int4"))
     assert result.stdout.strip().endswith("nothing to change")
     assert snapshot(installed) == before
 
@@ -210,7 +210,7 @@ for module in (gi, numpy, systemd.journal):
     assert probe.returncode == 0, probe.stderr
     version, *files = probe.stdout.split()
     assert version == "3.13" and all(file.startswith(str(venv)) for file in files), files
-    works = subprocess.run([str(venv / "bin/edged"), "generate", "--model", str(REPO / "models/tiny/text-int4"),
+    works = subprocess.run([str(venv / "bin/edged"), "generate", "--model", str(REPO / "edged/models/tiny/text-int4"),
                             "--max-tokens", "3", "Hello"], capture_output=True, text=True, timeout=120)
     assert works.returncode == 0, works.stderr
 
@@ -242,9 +242,9 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 env=(/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
-    --model /src/edged/models/tiny/text-int4 > "$root/install-1.log" 2>&1
+    --model /src/edged/edged/models/tiny/text-int4 > "$root/install-1.log" 2>&1
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \\
-    --model /src/edged/models/tiny/text-int4 > "$root/install-2.log" 2>&1
+    --model /src/edged/edged/models/tiny/text-int4 > "$root/install-2.log" 2>&1
 chroot "$root" /opt/edged/venv/bin/edged config check /etc/edged/edged.toml > "$root/check.log" 2>&1
 chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin edged --version > "$root/on-path.log" 2>&1  # a login's PATH
 chroot "$root" /opt/edged/venv/bin/python -c 'import systemd.journal; print(systemd.journal.__file__)' > "$root/systemd-bindings.log"
@@ -257,7 +257,7 @@ import cv2, onnx, onnxruntime, onnxruntime_genai, edged.cli, edged.engine.engine
 values = numpy.arange(6.0)
 assert (numexpr.evaluate("2 * values") == 2 * values).all()
 print(numpy.__version__, numpy.__file__)' > "$root/numpy.log" 2>&1
-chroot "$root" /opt/edged/venv/bin/edged generate --model /src/edged/models/tiny/text-int4 --max-tokens 3 Hello \
+chroot "$root" /opt/edged/venv/bin/edged generate --model /src/edged/edged/models/tiny/text-int4 --max-tokens 3 Hello \
     > "$root/generate.log" 2>&1
 chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --uninstall > "$root/uninstall.log" 2>&1
 """
@@ -370,6 +370,6 @@ def test_with_jetson_wheels_the_gpu_builds_are_the_only_onnxruntime_in_the_venv(
     assert {"onnxruntime-gpu", "onnxruntime-genai-cuda", "edged"} <= names
     assert not {"onnxruntime", "onnxruntime-genai"} & names  # nothing from PyPI on top of them
     works = subprocess.run([str(prefix / "opt/edged/venv/bin/edged"), "generate", "--model",
-                            str(REPO / "models/tiny/text-int4"), "--max-tokens", "3", "Hello"],
+                            str(REPO / "edged/models/tiny/text-int4"), "--max-tokens", "3", "Hello"],
                            capture_output=True, text=True, timeout=120)
     assert works.returncode == 0, works.stderr

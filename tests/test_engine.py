@@ -102,7 +102,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     import torch
     from transformers import Qwen3_5ForConditionalGeneration
 
-    from edged.models.random_checkpoint import build_checkpoint
+    from edged.recipe.checkpoint import build_checkpoint
 
     checkpoint = build_checkpoint(tmp_path_factory.mktemp("checkpoint"))
     return Qwen3_5ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()

@@ -26,7 +26,7 @@ PROMPT = "Is there a person at the door?"
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint and its packages, built from scratch by the recipe."""
-    from edged.models.recipe import build_random_packages
+    from edged.recipe.build import build_random_packages
 
     out = tmp_path_factory.mktemp("tiny")
     build_random_packages(out, "tiny", progress=lambda _: None, keep_checkpoint=True)
@@ -144,12 +144,12 @@ def test_committed_tiny_package_is_what_the_recipe_builds(rebuilt: Path, picture
     committed = json.loads((TINY / package / "edged-model.json").read_text())
     fresh = json.loads((rebuilt / package / "edged-model.json").read_text())
     assert committed["fingerprint"] == fresh["fingerprint"], (
-        "models/tiny is stale: rebuild it with `edged models build --tiny --out models/tiny`"
+        "edged/models/tiny is stale: rebuild it with `edged models build --tiny --out edged/models/tiny`"
     )
 
 
 def test_decoder_computes_last_position_logits_unless_asked_for_all(rebuilt: Path, tmp_path: Path) -> None:
-    from edged.models.recipe import BuildOptions, build_package
+    from edged.recipe.build import BuildOptions, build_package
 
     def logits_shape(package: Path) -> list:
         session = ort.InferenceSession(str(package / "model.onnx"))

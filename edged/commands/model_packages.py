@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edged.config import EX_CONFIG, ConfigError, load_config
+from edged.commands.options import load_for_command
 
 BUILD_EXTRA_HINT = "the build tools are not installed: pip install 'edged[build]' (a workstation, not a device)"
 
@@ -100,7 +100,7 @@ def _build(args: argparse.Namespace) -> int:
         print("edged models build: give a SOURCE checkpoint, or --tiny / --size for a random model", file=sys.stderr)
         return 2
     try:
-        from edged.models.recipe import BuildError, BuildOptions, build_package, build_random_packages, fetch_checkpoint
+        from edged.recipe.build import BuildError, BuildOptions, build_package, build_random_packages, fetch_checkpoint
     except ImportError:
         print(f"edged models build: {BUILD_EXTRA_HINT}", file=sys.stderr)
         return 1
@@ -147,7 +147,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from edged.cli import config_overrides
     from edged.models.catalog import catalog
     from edged.models.installed import (
         BUNDLED_PACKAGE,
@@ -157,12 +156,7 @@ def _list(args: argparse.Namespace) -> int:
         installed_packages,
     )
 
-    try:
-        settings = load_config(args.config, config_overrides(args)).settings
-    except ConfigError as error:
-        print(*error.problems, sep="\n", file=sys.stderr)
-        return EX_CONFIG
-    config = settings.model
+    config = load_for_command(args).settings.model
     if args.catalog:
         installed = {p.manifest.name for p in installed_packages(config.models_dir, config.max_length)}
         print(f"{'NAME':<26} {'SOURCE':<20} {'SIZE':>8} {'MIN RAM':>8}  INSTALLED")
@@ -192,16 +186,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from edged.cli import config_overrides
     from edged.models.pull import PullError, pull
 
-    models_dir = args.models_dir
-    if models_dir is None:
-        try:
-            models_dir = load_config(args.config, config_overrides(args)).settings.model.models_dir
-        except ConfigError as error:
-            print(*error.problems, sep="\n", file=sys.stderr)
-            return EX_CONFIG
+    models_dir = args.models_dir or load_for_command(args).settings.model.models_dir
     try:
         result = pull(args.spec, models_dir, _progress)
     except PullError as error:

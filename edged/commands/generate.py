@@ -77,15 +77,12 @@ def _read_picture(path: Path) -> Any:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from edged.cli import settings_and_model
+    from edged.commands.options import settings_and_model
     from edged.engine.engine import Engine, EngineError, GenerationOptions
     from edged.engine.sampling import SamplingOptions
     from edged.models.manifest import ManifestError
 
-    loaded = settings_and_model(args, args.model)
-    if isinstance(loaded, int):
-        return loaded
-    settings, package = loaded
+    settings, package = settings_and_model(args, args.model)
     try:
         pictures = [_read_picture(image) for image in args.image]
     except ValueError as error:

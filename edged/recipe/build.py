@@ -323,7 +323,7 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
     """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders."""
     from dataclasses import replace
 
-    from edged.models.random_checkpoint import SEED, build_checkpoint
+    from edged.recipe.checkpoint import SEED, build_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edged-checkpoint-") as scratch:

@@ -94,23 +94,16 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _bus_config(args: argparse.Namespace):
-    """The [bus] table as the daemon would read it, or None after printing why not."""
-    from edged.cli import config_overrides
-    from edged.config import ConfigError, load_config
+    """The [bus] table as the daemon would read it."""
+    from edged.commands.options import load_for_command
 
-    try:
-        return load_config(args.config, config_overrides(args)).settings.bus
-    except ConfigError as error:
-        print(*error.problems, sep="\n", file=sys.stderr)
-        return None
+    return load_for_command(args).settings.bus
 
 
 def _watch(args: argparse.Namespace) -> int:
     from edged.client import Subscriber
 
     bus = _bus_config(args)
-    if bus is None:
-        return 78
     endpoint = args.endpoint or client_endpoint(bus.events)
     count = 0
     try:
@@ -143,12 +136,10 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _with_client(args: argparse.Namespace, work: Any) -> int:
-    """Run ``work(client)`` against the daemon; its exit status, or 1 (78) after saying why."""
+    """Run ``work(client)`` against the daemon; its exit status, or 1 after saying why."""
     from edged.client import BusError, Client
 
     bus = _bus_config(args)
-    if bus is None:
-        return 78
     timeout = REQUEST_TIMEOUT_S if args.timeout is None else args.timeout
     try:
         with Client(args.endpoint or client_endpoint(bus.control), timeout, args.server_key, args.key,

@@ -1,1 +1,0 @@
-"""Benchmarks: edged against its baselines, side by side in one run (the edged.bench package)."""
