@@ -61,7 +61,13 @@ def _read_picture(path: Path) -> Any:
     import cv2
     import numpy as np
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a truncated file is reported below, in words
+    # OpenCV's own warnings about a truncated file off: it is reported below, in words.
+    # (cv2.setLogLevel in OpenCV 4, which a venv on Debian's numpy 1.x gets; cv2.utils.logging in 5.)
+    opencv_logging = getattr(cv2.utils, "logging", None)
+    if opencv_logging is not None:
+        opencv_logging.setLogLevel(opencv_logging.LOG_LEVEL_ERROR)
+    else:
+        cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
     try:
         data = path.read_bytes()
     except FileNotFoundError:
