@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from edged.bus.config import TRANSPORT_MAX_BYTES
+from edged.bus.bus_settings import TRANSPORT_MAX_BYTES
 from edged.bus.schema import EVENT, Answer, Event, Reply, Snapshot, Status
 from edged.bus.security import curve_client
 

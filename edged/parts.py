@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
-
-from edged.config import Settings
 
 log = structlog.get_logger()
 
@@ -37,8 +35,10 @@ class Part(Protocol):
     def stop(self, deadline: float) -> None:
         """Finish the current step and release resources by ``deadline`` (time.monotonic())."""
 
-    def apply(self, settings: Settings) -> None:
-        """Take new settings on reload, keeping what need not restart (the model)."""
+    def apply(self, settings: Any) -> None:
+        """Take new settings on reload: the daemon's whole settings (edged.settings.Settings),
+        of which a part reads only its own tables (each part module names them in a Protocol).
+        Settings marked RestartField are the lifecycle's to report, not the part's to apply."""
 
     def describe(self) -> str:
         """A few words for systemd's STATUS= line, e.g. '2 cameras online'."""
@@ -106,4 +106,5 @@ class ProgressMonitor:
         return {p.name: p.death for p in self._pulses if p.death is not None}
 
 
-PartsFactory = Callable[[Settings, ProgressMonitor], list[Part]]
+PartsFactory = Callable[[Any, ProgressMonitor], list[Part]]
+"""Makes the daemon's parts from its settings (edged.service.build_parts)."""

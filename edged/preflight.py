@@ -4,7 +4,7 @@ than failing half-started."""
 
 from __future__ import annotations
 
-from edged.config import Settings
+from edged.settings import Settings
 
 
 def start_problems(settings: Settings, package_sizes: bool = True) -> list[str]:

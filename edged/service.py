@@ -20,19 +20,12 @@ from pathlib import Path
 import structlog
 
 from edged import __version__
-from edged.config import (
-    EX_CONFIG,
-    ConfigError,
-    LoadedConfig,
-    Override,
-    Settings,
-    changed_keys,
-    load_config,
-)
+from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, changed_keys, needs_restart
 from edged.logs import configure_logging
 from edged.models.installed import choose_model
 from edged.notify import SystemdNotifier, watchdog_interval
 from edged.parts import Part, PartsFactory, ProgressMonitor, StartRefused
+from edged.settings import CameraConfig, Settings, load_config
 from edged.preflight import start_problems
 
 log = structlog.get_logger()
@@ -55,9 +48,9 @@ def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     """The daemon's parts, in start order (they stop in reverse). The bus opens first and
     closes last, so every request gets an answer, ``status`` during a long model load and
     ``unavailable`` while the agent stops, rather than silence until the client gives up."""
-    from edged.agent.agent import AgentPart
-    from edged.bus.part import BusPart
-    from edged.capture.part import CapturePart
+    from edged.agent.agent_part import AgentPart
+    from edged.bus.bus_part import BusPart
+    from edged.capture.capture_part import CapturePart
 
     capture = CapturePart(settings, monitor)
     agent = AgentPart(settings, monitor, capture)
@@ -71,8 +64,7 @@ def with_embedded_demo(loaded: LoadedConfig) -> LoadedConfig:
     `edged run` shows the whole daemon working on the bundled model."""
     if loaded.files or loaded.settings.cameras:
         return loaded
-    from edged.agent.config import RuleConfig
-    from edged.capture.config import CameraConfig
+    from edged.agent.agent_settings import RuleConfig
 
     demo = CameraConfig(source="synthetic", fps=1.0, describe_every_s=15.0, rules=[
         RuleConfig(id="red_square", when="Is there a red square in the picture", on_threshold=0.5, off_threshold=0.4)])
@@ -186,8 +178,9 @@ class Service:
             )
         else:
             changed = changed_keys(self.loaded.settings, new.settings)
-            if any(key.startswith("model.") for key in changed):
-                log.warning("model settings take effect at the next restart", changed=changed)
+            pending = [key for key in changed if needs_restart(Settings, key)]
+            if pending:
+                log.warning("these settings take effect at the next restart", keys=pending)
             configure_logging(new.settings.log)
             for part in self._started:
                 part.apply(new.settings)

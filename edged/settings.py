@@ -1,18 +1,27 @@
-"""The one settings model: every default edged has lives in it or in a table it holds."""
+"""The daemon's settings: every part's own tables, joined into the one model that config
+files, the environment and flags are read into. Every default edged has lives in a table here."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from edged.agent.config import AgentConfig
-from edged.bus.config import BusConfig
-from edged.capture.config import CameraConfig, CameraName
-from edged.engine.config import ModelConfig, StateConfig
+from edged.agent.agent_settings import AgentConfig, CameraTasksConfig
+from edged.bus.bus_settings import BusConfig
+from edged.capture.camera_settings import CameraName, CaptureConfig
+from edged.config import LoadedConfig, Override, read_config
+from edged.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX
+from edged.engine.state_settings import StateConfig
 from edged.logs import LogConfig
+from edged.models.model_settings import ModelConfig
 
-ENV_PREFIX = "EDGED_"
-ENV_NESTED_DELIMITER = "__"
+
+class CameraConfig(CameraTasksConfig, CaptureConfig):
+    """One ``[cameras.<name>]`` table: capture's half (where frames come from, which go on)
+    and the agent's (the rules and tasks run on them)."""
 
 
 class Settings(BaseSettings):
@@ -44,3 +53,9 @@ class Settings(BaseSettings):
         # The loader merges files, drop-ins, environment and flags itself, because it must
         # remember where each value came from to name the file in an error.
         return (init_settings,)
+
+
+def load_config(path: Path | None = None, overrides: Iterable[Override] = ()) -> LoadedConfig:
+    """The daemon's configuration from every source (edged.config.read_config); raises
+    ConfigError listing every problem."""
+    return read_config(Settings, path, overrides)

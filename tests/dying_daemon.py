@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edged.config import Settings
+from edged.settings import Settings
 from edged.parts import ProgressMonitor
 from edged.service import serve
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from edged.config import Settings
+from edged.settings import Settings
 from edged.parts import Part, ProgressMonitor
 from edged.service import build_parts, serve
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import edged
 
-from edged.bus.config import BusConfig
+from edged.bus.bus_settings import BusConfig
 from edged.bus.schema import (
     Answer,
     CameraStatus,
@@ -332,7 +332,7 @@ def test_curve_serves_an_allowed_key_and_refuses_any_other(curve: dict[str, Path
 
 
 def test_a_daemon_run_by_hand_binds_the_users_runtime_dir_and_clients_find_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: StandInAgent) -> None:
-    import edged.bus.config as bus_config
+    import edged.bus.bus_settings as bus_config
 
     locked = tmp_path / "run"  # stands for /run: not writable by this user
     locked.mkdir()

@@ -22,7 +22,7 @@ from edged.bus.schema import CameraStatus
 from edged.client import Client
 
 from edged.capture.camera import CameraCapture
-from edged.capture.config import CameraConfig
+from edged.settings import CameraConfig
 from edged.capture.frame import Frame
 from edged.capture.sampler import FrameMailbox, FramePipeline, fit_to_budget
 from edged.capture.sources import SourceEnded, SourceError, open_source, redact

@@ -74,8 +74,8 @@ def test_docs_document_every_key_with_its_default() -> None:
     from pydantic import BaseModel
     from pydantic_core import PydanticUndefined
 
-    from edged.capture.config import CameraConfig
-    from edged.config import Settings
+    from edged.settings import CameraConfig
+    from edged.settings import Settings
 
     docs = (REPO / "docs/config.md").read_text()
     sections: dict[str, type[BaseModel]] = {

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from edged.bus.requests import MAX_DEPTH, Refusal, nesting_depth, parse_request
 from edged.bus.schema import OPS
-from edged.config import ConfigError, Settings, load_config
+from edged.config import ConfigError
+from edged.settings import Settings, load_config
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TINY, edged
 
-from edged.engine.config import ModelConfig
+from edged.models.model_settings import ModelConfig
 from edged.models.installed import ModelSelectionError, choose_model, installed_packages
 from edged.models.manifest import read_manifest
 

@@ -14,36 +14,54 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from edged.agent.config import RuleConfig
+from edged.agent.agent_settings import AgentConfig, CameraTasksConfig, RuleConfig
 from edged.agent.rules import RuleTracker, trackers_for
 from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
 from edged.agent.snapshot import snapshot
 from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
+from edged.bus.bus_settings import BusConfig
 from edged.bus.schema import Answer, Detection, Provenance, Request
 from edged.bus.server import Responder
+from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame
-from edged.capture.part import CapturePart
-from edged.config import Settings
 from edged.engine.engine import Engine, EngineError
+from edged.engine.state_settings import StateConfig
 from edged.engine.store import PrefixStore, SessionStore
 from edged.models.installed import choose_model
 from edged.models.integrity import PackageDamaged, check_package
+from edged.models.model_settings import ModelConfig
 from edged.parts import EX_DATAERR, ProgressMonitor, StartRefused
 
 log = structlog.get_logger()
 
 
+class AgentSettings(Protocol):
+    """What the agent reads of the daemon's settings: the model and where states live, its
+    own table, each camera's rules and tasks, and how long the bus waits for an answer."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def state(self) -> StateConfig: ...
+    @property
+    def agent(self) -> AgentConfig: ...
+    @property
+    def bus(self) -> BusConfig: ...
+    @property
+    def cameras(self) -> Mapping[str, CameraTasksConfig]: ...
+
+
 class AgentPart:
     name = "agent"
 
-    def __init__(self, settings: Settings, monitor: ProgressMonitor, capture: CapturePart) -> None:
+    def __init__(self, settings: AgentSettings, monitor: ProgressMonitor, capture: CapturePart) -> None:
         self._settings = settings
         self._capture = capture
         self._pulse = monitor.register(self.name)
@@ -104,7 +122,7 @@ class AgentPart:
         if self._thread.is_alive():
             log.error("the inference thread did not stop in time; sessions it had not saved are lost")
 
-    def apply(self, settings: Settings) -> None:
+    def apply(self, settings: AgentSettings) -> None:
         """New rules, periods and system prompt, applied between two inference jobs."""
         self._queue.put(CONTROL, partial(self._apply, settings))
 
@@ -275,7 +293,7 @@ class AgentPart:
         self._frame_to_event_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
         self.publish(kind, frame.camera, data)
 
-    def _apply(self, settings: Settings) -> None:
+    def _apply(self, settings: AgentSettings) -> None:
         self._trackers = {name: trackers_for(camera.rules, self._trackers.get(name, []))
                           for name, camera in settings.cameras.items()}
         if settings.agent.system_prompt != self._tasks.system_prompt:

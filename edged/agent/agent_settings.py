@@ -1,4 +1,5 @@
-"""The ``[agent]`` table and the rules in each camera's table."""
+"""The ``[agent]`` table, and the agent's half of each ``[cameras.<name>]`` table: its rules
+and tasks (edged.settings joins it with capture's half)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ class RuleConfig(BaseModel):
         import hashlib
 
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+
+
+class CameraTasksConfig(BaseModel):
+    """What the agent reads of a ``[cameras.<name>]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RuleConfig] = Field(default_factory=list, description="yes/no conditions watched on new frames")
+    describe_every_s: float = Field(0.0, ge=0, description="a description at most this often, when the scene changed; 0: never")
+    detect_every_s: float = Field(0.0, ge=0, description="an object detection at most this often, when the scene changed; 0: never")
 
 
 class AgentConfig(BaseModel):

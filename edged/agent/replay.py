@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from edged.agent.rules import RuleTracker
 from edged.bus.schema import RuleEvent
-from edged.capture.config import CameraConfig
+from edged.agent.agent_settings import CameraTasksConfig
+from edged.capture.camera_settings import CaptureConfig
 from edged.capture.frame import Frame
 from edged.capture.sampler import FramePipeline
 
@@ -58,7 +59,7 @@ class ReplaySummary:
     inference_s: float = 0.0
 
 
-def clip_frames(clip: Path, camera: str, config: CameraConfig) -> Iterator[Frame]:
+def clip_frames(clip: Path, camera: str, config: CaptureConfig) -> Iterator[Frame]:
     """The clip's frames that pass the camera's masks, FPS cap and change gate, stamped with
     clip time."""
     from edged.capture.sources import SourceEnded
@@ -85,7 +86,7 @@ def clip_frames(clip: Path, camera: str, config: CameraConfig) -> Iterator[Frame
         source.close()
 
 
-def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraConfig,
+def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraTasksConfig,
            emit: Callable[[ReplayEvent], None], summary: ReplaySummary) -> None:
     trackers = [RuleTracker(rule) for rule in config.rules]
     last = {"detect": float("-inf"), "describe": float("-inf")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edged.agent.config import RuleConfig
+from edged.agent.agent_settings import RuleConfig
 from edged.bus.schema import RuleState
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.agent.config import RuleConfig
+from edged.agent.agent_settings import RuleConfig
 from edged.agent.rules import RuleTracker
 from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleEvent
 from edged.capture.frame import Frame

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import zmq
 
-from edged.bus.config import BusConfig
+from edged.bus.bus_settings import BusConfig
 from edged.bus.schema import Answer, Description, Request, Status
 from edged.bus.server import BusServer, Responder
 from edged.client import Client

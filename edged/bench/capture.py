@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from edged.capture.camera import CameraCapture
-from edged.capture.config import CameraConfig
+from edged.capture.camera_settings import CaptureConfig
 
 
 @dataclass
@@ -20,7 +20,7 @@ class CaptureRun:
 
 
 def measure(name: str, source: str, width: int, height: int, seconds: float, **config) -> CaptureRun:
-    camera = CameraCapture("bench", CameraConfig(**{"source": source, "width": width, "height": height, "fps": 1000, **config}))
+    camera = CameraCapture("bench", CaptureConfig(**{"source": source, "width": width, "height": height, "fps": 1000, **config}))
     camera.start()
     time.sleep(0.5)  # past opening the device and the first frames
     read0, cpu0, wall0 = camera.frames_read, time.process_time(), time.monotonic()

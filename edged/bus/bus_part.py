@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from edged.bus.bus_settings import BusConfig
 from edged.bus.schema import CameraStatus, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
-from edged.config import Settings
 from edged.parts import ProgressMonitor
 
 log = structlog.get_logger()
 
 
+class BusSettings(Protocol):
+    """What the bus reads of the daemon's settings."""
+
+    @property
+    def bus(self) -> BusConfig: ...
+
+
 class BusPart:
     name = "bus"
 
-    def __init__(self, settings: Settings, monitor: ProgressMonitor, handler: RequestHandler | None = None,
+    def __init__(self, settings: BusSettings, monitor: ProgressMonitor, handler: RequestHandler | None = None,
                  cameras: Callable[[], dict[str, CameraStatus]] = dict,
                  figures: Callable[[], dict[str, Any]] = dict) -> None:
         self._settings = settings
@@ -38,10 +45,8 @@ class BusPart:
     def stop(self, deadline: float) -> None:
         self.server.stop(max(0.0, deadline - time.monotonic()))
 
-    def apply(self, settings: Settings) -> None:
-        """The CURVE allow-list folder is read again; other bus settings need a restart."""
-        if settings.bus != self._settings.bus:
-            log.warning("bus settings take effect at the next restart")
+    def apply(self, settings: BusSettings) -> None:
+        """The CURVE allow-list folder is read again; the bus settings need a restart."""
         if self._settings.bus.curve_allow is not None:
             self.server.reload_allow_list()
 

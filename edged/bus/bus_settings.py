@@ -6,7 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from edged.config import RestartField
 
 _SCHEMES = ("ipc://", "tcp://")
 TRANSPORT_MAX_BYTES = 32 << 20
@@ -18,25 +20,25 @@ class BusConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    events: str = Field(
-        "ipc:///run/edged/events.sock", description="ZeroMQ endpoint the event publisher binds"
+    events: str = RestartField(
+        "ipc:///run/edged/events.sock", description="ZeroMQ endpoint the event publisher binds",
     )
-    control: str = Field(
-        "ipc:///run/edged/control.sock", description="ZeroMQ endpoint the request server binds"
+    control: str = RestartField(
+        "ipc:///run/edged/control.sock", description="ZeroMQ endpoint the request server binds",
     )
-    device: str = Field(
-        default_factory=socket.gethostname, min_length=1, description="device name in every event"
+    device: str = RestartField(
+        default_factory=socket.gethostname, min_length=1, description="device name in every event",
     )
-    status_interval_s: float = Field(10.0, gt=0, description="seconds between status events")
-    send_hwm: int = Field(1000, gt=0, description="events queued per subscriber before it misses some")
-    queue_limit: int = Field(16, gt=0, description="requests in progress before new ones get 'busy'")
-    request_timeout_s: float = Field(60.0, gt=0, description="a request not answered by then gets 'deadline'")
-    max_request_bytes: int = Field(65536, gt=0, description="larger requests get 'too_large'")
-    curve_secret_key: Path | None = Field(
-        None, description="the server's secret key file (edged keys generate); turns on CURVE"
+    status_interval_s: float = RestartField(10.0, gt=0, description="seconds between status events")
+    send_hwm: int = RestartField(1000, gt=0, description="events queued per subscriber before it misses some")
+    queue_limit: int = RestartField(16, gt=0, description="requests in progress before new ones get 'busy'")
+    request_timeout_s: float = RestartField(60.0, gt=0, description="a request not answered by then gets 'deadline'")
+    max_request_bytes: int = RestartField(65536, gt=0, description="larger requests get 'too_large'")
+    curve_secret_key: Path | None = RestartField(
+        None, description="the server's secret key file (edged keys generate); turns on CURVE",
     )
-    curve_allow: Path | None = Field(
-        None, description="folder of client public key files allowed to connect (with CURVE)"
+    curve_allow: Path | None = RestartField(
+        None, description="folder of client public key files allowed to connect (with CURVE)",
     )
 
     @field_validator("events", "control")

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from edged.capture.camera_status import CameraStatus  # capture's own report, carried as it is
+
 PROTOCOL_VERSION = 1
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -61,15 +63,6 @@ class Answer(_Model):
     text: str
     partial: bool = False
     provenance: Provenance = Field(default_factory=Provenance)
-
-
-class CameraStatus(_Model):
-    state: Literal["online", "reconnecting", "offline", "ended"] = Field(
-        description="online once a frame has arrived since the source was (re)opened")
-    last_error: str | None = None
-    fps: float = 0.0
-    drops: int = 0
-    last_frame_age_s: float | None = Field(None, description="seconds since the source's last frame; null before the first")
 
 
 class RuleState(_Model):

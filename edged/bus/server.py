@@ -23,7 +23,7 @@ import structlog
 import zmq
 from pydantic import BaseModel
 
-from edged.bus.config import TRANSPORT_MAX_BYTES, BusConfig, server_endpoint
+from edged.bus.bus_settings import TRANSPORT_MAX_BYTES, BusConfig, server_endpoint
 from edged.bus.requests import Refusal, parse_request
 from edged.bus.schema import EVENT_DATA, ErrorInfo, Reply, Request, Status, StatusRequest, topic
 from edged.bus.security import CurveGate

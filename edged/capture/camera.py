@@ -15,8 +15,8 @@ import time
 
 import structlog
 
-from edged.bus.schema import CameraStatus
-from edged.capture.config import CameraConfig
+from edged.capture.camera_settings import CaptureConfig
+from edged.capture.camera_status import CameraStatus
 from edged.capture.frame import Frame
 from edged.capture.sampler import FrameMailbox, FramePipeline
 from edged.capture.sources import FrameSource, SourceEnded, SourceError, open_source, redact
@@ -27,7 +27,7 @@ FIRST_RETRY_S = 0.5
 
 
 class CameraCapture:
-    def __init__(self, name: str, config: CameraConfig, pulse: Pulse | None = None,
+    def __init__(self, name: str, config: CaptureConfig, pulse: Pulse | None = None,
                  beat_every: float = 1.0, source: FrameSource | None = None) -> None:
         self.name, self.config = name, config
         self.mailbox = FrameMailbox()

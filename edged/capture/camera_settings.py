@@ -1,24 +1,18 @@
-"""The ``[cameras.<name>]`` tables: one per camera."""
+"""The capture half of a ``[cameras.<name>]`` table: where frames come from and which go on.
+The agent's half (rules and tasks) is edged.agent.agent_settings'; edged.settings joins them."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
-from edged.agent.config import RuleConfig
+from edged.capture.sources.base import SourceError
+from edged.capture.sources.grammar import SOURCE_FORMS, parse_source
+from edged.config import RestartField
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_SOURCE_FORMS = (
-    "picamera2",
-    "synthetic",
-    "csi:N",
-    "v4l2:/dev/videoN",
-    "gst:<pipeline>",
-    "rtsp://...",
-    "file:<path>",
-)
 
 
 def _check_camera_name(name: str) -> str:
@@ -33,45 +27,27 @@ def _check_camera_name(name: str) -> str:
 CameraName = Annotated[str, AfterValidator(_check_camera_name)]
 
 
-def _is_known_source(source: str) -> bool:
-    if source in ("picamera2", "synthetic"):
-        return True
-    if source.startswith(("rtsp://", "rtsps://")):
-        return len(source.split("://", 1)[1]) > 0
-    kind, sep, rest = source.partition(":")
-    if not sep or not rest:
-        return False
-    if kind == "csi":
-        return rest.isdigit()
-    if kind == "v4l2":
-        return rest.startswith("/dev/")
-    return kind in ("gst", "file")
-
-
-class CameraConfig(BaseModel):
-    """One ``[cameras.<name>]`` table."""
+class CaptureConfig(BaseModel):
+    """What capture reads of a ``[cameras.<name>]`` table."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="where frames come from: " + ", ".join(_SOURCE_FORMS))
-    enabled: bool = Field(True, description="false keeps the table but opens no camera")
-    fps: float = Field(1.0, gt=0, description="most frames per second sent on to the model")
-    width: int | None = Field(None, gt=0, description="capture width to ask a live camera for")
-    height: int | None = Field(None, gt=0, description="capture height to ask a live camera for")
-    gate_threshold: float = Field(
-        0.02, ge=0, le=1, description="how much a frame must change (0-1) to go to the model; 0 sends all"
+    source: str = RestartField(description="where frames come from: " + ", ".join(SOURCE_FORMS))
+    enabled: bool = RestartField(True, description="false keeps the table but opens no camera")
+    fps: float = RestartField(1.0, gt=0, description="most frames per second sent on to the model")
+    width: int | None = RestartField(None, gt=0, description="capture width to ask a live camera for")
+    height: int | None = RestartField(None, gt=0, description="capture height to ask a live camera for")
+    gate_threshold: float = RestartField(
+        0.02, ge=0, le=1, description="how much a frame must change (0-1) to go to the model; 0 sends all",
     )
-    masks: list[list[tuple[float, float]]] = Field(
-        default_factory=list, description="privacy polygons, vertices as 0-1 fractions of width and height"
+    masks: list[list[tuple[float, float]]] = RestartField(
+        default_factory=list, description="privacy polygons, vertices as 0-1 fractions of width and height",
     )
-    max_pixels: int = Field(200704, gt=0, description="frames are scaled down to at most this many pixels")
-    loop: bool = Field(True, description="file sources: start again at the end")
-    realtime: bool = Field(True, description="file and synthetic sources: at their own rate, not as fast as read")
-    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
-    stall_s: float = Field(10.0, gt=0, description="a source that gives no frame for this long is closed and reopened")
-    rules: list[RuleConfig] = Field(default_factory=list, description="yes/no conditions watched on new frames")
-    describe_every_s: float = Field(0.0, ge=0, description="a description at most this often, when the scene changed; 0: never")
-    detect_every_s: float = Field(0.0, ge=0, description="an object detection at most this often, when the scene changed; 0: never")
+    max_pixels: int = RestartField(200704, gt=0, description="frames are scaled down to at most this many pixels")
+    loop: bool = RestartField(True, description="file sources: start again at the end")
+    realtime: bool = RestartField(True, description="file and synthetic sources: at their own rate, not as fast as read")
+    reconnect_max_s: float = RestartField(30.0, gt=0, description="longest wait between reconnection attempts")
+    stall_s: float = RestartField(10.0, gt=0, description="a source that gives no frame for this long is closed and reopened")
 
     @field_validator("masks")
     @classmethod
@@ -86,6 +62,8 @@ class CameraConfig(BaseModel):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if not _is_known_source(value):
-            raise ValueError("must be one of " + ", ".join(_SOURCE_FORMS))
+        try:
+            parse_source(value)
+        except SourceError:
+            raise ValueError("must be one of " + ", ".join(SOURCE_FORMS)) from None
         return value

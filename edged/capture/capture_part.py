@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
-import structlog
-
-from edged.bus.schema import CameraStatus
 from edged.capture.camera import CameraCapture
-from edged.config import Settings
+from edged.capture.camera_settings import CaptureConfig
+from edged.capture.camera_status import CameraStatus
 from edged.parts import ProgressMonitor
 
-log = structlog.get_logger()
+
+class CaptureSettings(Protocol):
+    """What capture reads of the daemon's settings: each camera's capture half."""
+
+    @property
+    def cameras(self) -> Mapping[str, CaptureConfig]: ...
 
 
 class CapturePart:
     name = "capture"
 
-    def __init__(self, settings: Settings, monitor: ProgressMonitor) -> None:
-        self._settings = settings
+    def __init__(self, settings: CaptureSettings, monitor: ProgressMonitor) -> None:
         self.cameras: dict[str, CameraCapture] = {}
         for name, config in settings.cameras.items():
             if config.enabled:
@@ -35,11 +39,9 @@ class CapturePart:
         for camera in self.cameras.values():
             camera.stop(max(0.0, deadline - time.monotonic()))
 
-    def apply(self, settings: Settings) -> None:
-        """Rules and periods are the agent's to apply; the cameras themselves stay as started."""
-        if _capture_settings(settings) != _capture_settings(self._settings):
-            log.warning("camera sources, rates and masks take effect at the next restart")
-        self._settings = settings
+    def apply(self, settings: CaptureSettings) -> None:
+        """Nothing: every capture setting needs a restart (RestartField); the cameras stay as
+        started."""
 
     def describe(self) -> str:
         if not self.cameras:
@@ -50,9 +52,3 @@ class CapturePart:
     def statuses(self) -> dict[str, CameraStatus]:
         return {name: camera.status() for name, camera in self.cameras.items()}
 
-
-AGENT_FIELDS = {"rules", "describe_every_s", "detect_every_s"}
-
-
-def _capture_settings(settings: Settings) -> dict[str, dict]:
-    return {name: camera.model_dump(exclude=AGENT_FIELDS) for name, camera in settings.cameras.items()}

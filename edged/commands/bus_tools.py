@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edged.bus.config import client_endpoint
+from edged.bus.bus_settings import client_endpoint
 
 RAW = argparse.RawDescriptionHelpFormatter
 CONNECT_TIMEOUT_S = 1.0

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edged.capture.sources.grammar import SOURCE_FORMS
+
 
 def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None:
     capture = commands.add_parser("capture", help="check a camera before deploying it")
@@ -25,7 +27,7 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         "  edged capture test 'rtsp://user:pass@192.0.2.10/stream1' --json\n"
         "  edged capture test file:clip.mp4 --fps 2 --gate 0.05",
     )
-    test.add_argument("source", help="picamera2, synthetic, v4l2:/dev/videoN, csi:N, gst:<pipeline>, rtsp://..., file:<path>")
+    test.add_argument("source", help=", ".join(SOURCE_FORMS))
     test.add_argument("--frames", type=int, default=50, help="frames to read from the source (default 50)")
     test.add_argument("--fps", type=float, default=1000.0, help="FPS cap towards the model (default: none)")
     test.add_argument("--gate", type=float, default=0.02, help="change-gate threshold, 0-1 (default 0.02)")
@@ -42,12 +44,12 @@ def _test(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from edged.capture.camera import CameraCapture
-    from edged.capture.config import CameraConfig
+    from edged.capture.camera_settings import CaptureConfig
     from edged.capture.sources import redact
     from edged.images import write_png
 
     try:
-        config = CameraConfig(source=args.source, fps=args.fps, gate_threshold=args.gate, width=args.width,
+        config = CaptureConfig(source=args.source, fps=args.fps, gate_threshold=args.gate, width=args.width,
                               height=args.height, loop=False, realtime=True)
     except ValidationError as error:
         print(f"edged capture test: {error.errors()[0]['msg']}", file=sys.stderr)

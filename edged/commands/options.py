@@ -7,9 +7,10 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, Settings, load_config, parse_override
+from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, parse_override
 from edged.config.loader import DEFAULT_CONFIG_PATH, DROP_IN_DIR
 from edged.logs import LogFormat, LogLevel
+from edged.settings import Settings, load_config
 
 CONFIG_HELP = f"""\
 configuration, later sources winning:

@@ -1,25 +1,30 @@
-"""edged's configuration: one settings model, read from files, environment and flags."""
+"""Reading a configuration: files, drop-ins, environment and flags, validated against a
+settings schema, each value's source remembered. The schema itself is edged.settings'."""
 
 from edged.config.loader import (
     EX_CONFIG,
+    RESTART,
     ConfigError,
     LoadedConfig,
     Override,
     changed_keys,
     config_path,
-    load_config,
+    RestartField,
+    needs_restart,
     parse_override,
+    read_config,
 )
-from edged.config.settings import Settings
 
 __all__ = [
     "EX_CONFIG",
+    "RESTART",
     "ConfigError",
     "LoadedConfig",
     "Override",
-    "Settings",
     "changed_keys",
     "config_path",
-    "load_config",
+    "needs_restart",
     "parse_override",
+    "RestartField",
+    "read_config",
 ]

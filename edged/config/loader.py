@@ -24,17 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic_settings import EnvSettingsSource, SettingsError
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsError
 
-from edged.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
-
+ENV_PREFIX = "EDGED_"
+ENV_NESTED_DELIMITER = "__"
 DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.toml")
 CONFIG_PATH_ENV = "EDGED_CONFIG"
 DROP_IN_DIR = "edged.d"
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit does not restart on it
 
 KeyPath = tuple[str | int, ...]
+
+RESTART = {"restart": True}
+"""A setting's metadata (RestartField sets it): a reload does not apply the setting; it takes
+effect at the next restart, and the lifecycle says so, naming it."""
+
+
+def RestartField(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - used where pydantic's Field is
+    """pydantic's ``Field`` for a setting that only a restart applies."""
+    return Field(*args, json_schema_extra=RESTART, **kwargs)
 
 
 class ConfigError(Exception):
@@ -58,7 +67,8 @@ class Override:
 class LoadedConfig:
     """Validated settings, the files they were read from, and each value's source."""
 
-    settings: Settings
+    settings: Any
+    """An instance of the schema it was read with (edged.settings.Settings for the daemon)."""
     files: tuple[Path, ...]
     origins: Mapping[KeyPath, str] = field(repr=False)
 
@@ -98,8 +108,9 @@ def parse_override(assignment: str, origin: str | None = None) -> Override:
     return Override(key, value, origin or f"flag --set {key}")
 
 
-def load_config(path: Path | None = None, overrides: Iterable[Override] = ()) -> LoadedConfig:
-    """Read, merge and validate every source; raise ConfigError listing every problem."""
+def read_config(schema: type[BaseSettings], path: Path | None = None, overrides: Iterable[Override] = ()) -> LoadedConfig:
+    """Read, merge and validate every source against ``schema``; raise ConfigError listing
+    every problem."""
     main_path, must_exist = config_path(path)
     files = _config_files(main_path, must_exist)
     merged = _Merged()
@@ -113,7 +124,7 @@ def load_config(path: Path | None = None, overrides: Iterable[Override] = ()) ->
         raise ConfigError(problems)
     try:
         environment = EnvSettingsSource(
-            Settings,
+            schema,
             env_prefix=ENV_PREFIX,
             env_nested_delimiter=ENV_NESTED_DELIMITER,
             case_sensitive=False,
@@ -121,21 +132,40 @@ def load_config(path: Path | None = None, overrides: Iterable[Override] = ()) ->
         merged.add(environment, _environment_origin)
     except SettingsError as error:
         problems += _unparsable_environment_values() or [f"environment: {error}"]
-    problems += _unknown_environment_settings()
+    problems += _unknown_environment_settings(schema)
     for override in overrides:
         merged.add(_nest(override.key.split("."), override.value), lambda _key, o=override: o.origin)
     try:
-        settings = Settings(**merged.data)
+        settings = schema(**merged.data)
     except ValidationError as error:
-        problems += [_describe(e, merged.origins) for e in error.errors()]
+        problems += [_describe(e, merged.origins, schema) for e in error.errors()]
     if problems:
         raise ConfigError(problems)
     return LoadedConfig(settings=settings, files=tuple(files), origins=dict(merged.origins))
 
 
-def changed_keys(old: Settings, new: Settings) -> list[str]:
+def changed_keys(old: BaseModel, new: BaseModel) -> list[str]:
     """Dotted keys whose values differ between two settings, for reload logs."""
     return sorted(_diff(old.model_dump(mode="json"), new.model_dump(mode="json"), ()))
+
+
+def needs_restart(schema: type[BaseModel], key: str) -> bool:
+    """Whether the changed dotted ``key`` (one value, or a whole table added or removed) holds
+    a setting marked RESTART."""
+    annotation: Any = schema
+    for part in key.split("."):
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field_info = annotation.model_fields.get(part)
+            if field_info is None:
+                return False
+            if field_info.json_schema_extra == RESTART:
+                return True
+        annotation = _child_annotation(annotation, part)
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(info.json_schema_extra == RESTART for info in annotation.model_fields.values())
+    return False
 
 
 def _diff(old: Any, new: Any, path: tuple[str, ...]) -> list[str]:
@@ -205,8 +235,8 @@ def _unparsable_environment_values() -> list[str]:
     return problems
 
 
-def _unknown_environment_settings() -> list[str]:
-    known = set(Settings.model_fields) | {CONFIG_PATH_ENV[len(ENV_PREFIX) :].lower()}
+def _unknown_environment_settings(schema: type[BaseSettings]) -> list[str]:
+    known = set(schema.model_fields) | {CONFIG_PATH_ENV[len(ENV_PREFIX) :].lower()}
     problems = []
     for name in sorted(os.environ):
         if not name.upper().startswith(ENV_PREFIX):
@@ -260,12 +290,13 @@ class _Merged:
 # -- problems --------------------------------------------------------------------------
 
 
-def _describe(error: Mapping[str, Any], origins: Mapping[KeyPath, str]) -> str:
+def _describe(error: Mapping[str, Any], origins: Mapping[KeyPath, str], schema: type[BaseModel]) -> str:
     """One line for one validation error: source, key, reason, bad value."""
     loc: KeyPath = tuple(part for part in error["loc"] if part != "[key]")
     origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), "defaults")
     key = _dotted(loc)
-    return f"{origin}: {key}: {_reason(error, loc)}" if key else f"{origin}: {_reason(error, loc)}"
+    reason = _reason(error, loc, schema)
+    return f"{origin}: {key}: {reason}" if key else f"{origin}: {reason}"
 
 
 def _dotted(loc: KeyPath) -> str:
@@ -275,12 +306,12 @@ def _dotted(loc: KeyPath) -> str:
     return text
 
 
-def _reason(error: Mapping[str, Any], loc: KeyPath) -> str:
+def _reason(error: Mapping[str, Any], loc: KeyPath, schema: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "missing":
         return "required, but not set"
     if kind == "extra_forbidden":
-        known = _known_keys(loc[:-1])
+        known = _known_keys(schema, loc[:-1])
         return "unknown key" + _suggest(str(loc[-1]), known)
     message = error["msg"].removeprefix("Value error, ")
     message = re.sub(r"^(Input|String|List|Value|Dictionary|Tuple|Set|Object) should ", "must ", message)
@@ -306,9 +337,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _known_keys(path: KeyPath) -> list[str]:
+def _known_keys(schema: type[BaseModel], path: KeyPath) -> list[str]:
     """The keys a table at ``path`` accepts, for 'did you mean' hints."""
-    annotation: Any = Settings
+    annotation: Any = schema
     for part in path:
         annotation = _child_annotation(annotation, part)
         if annotation is None:

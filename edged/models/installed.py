@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.engine.config import ModelConfig
+from edged.models.model_settings import ModelConfig
 from edged.models.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 
 MIB = 1 << 20

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.capture.sources import Pacer, SourceEnded, SourceError
+from edged.capture.sources.base import Pacer, SourceEnded, SourceError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 

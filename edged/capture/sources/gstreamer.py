@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged.capture.sources import SourceEnded, SourceError
+from edged.capture.sources.base import SourceEnded, SourceError
+from edged.capture.sources.grammar import parse_source
 
 SINK = "appsink name=edged max-buffers=1 drop=true sync=false emit-signals=false"
 H264_PACKAGES = ("gstreamer1.0-plugins-bad", "gstreamer1.0-libav")
@@ -25,20 +26,21 @@ TO_RGB = "videoconvert ! video/x-raw,format=RGB"
 
 
 def pipeline_for(source: str, width: int | None, height: int | None) -> str:
-    """The GStreamer pipeline for a camera's ``source`` string."""
+    """The GStreamer pipeline for a camera's ``source`` string of a GStreamer kind."""
+    kind, argument = parse_source(source)
     size = f",width={width},height={height}" if width and height else ""
-    if source.startswith("v4l2:"):
-        return f"v4l2src device={source[5:]} ! videoconvert ! videoscale ! video/x-raw,format=RGB{size} ! {SINK}"
-    if source.startswith("csi:"):
+    if kind == "v4l2":
+        return f"v4l2src device={argument} ! videoconvert ! videoscale ! video/x-raw,format=RGB{size} ! {SINK}"
+    if kind == "csi":
         # Jetson: the ISP delivers NVMM buffers; nvvidconv copies them to system memory.
-        return (f"nvarguscamerasrc sensor-id={source[4:]} ! video/x-raw(memory:NVMM){size} ! nvvidconv ! "
+        return (f"nvarguscamerasrc sensor-id={argument} ! video/x-raw(memory:NVMM){size} ! nvvidconv ! "
                 f"video/x-raw,format=BGRx ! {TO_RGB} ! {SINK}")
-    if source.startswith(("rtsp://", "rtsps://")):
-        return f"rtspsrc location={source} latency=200 ! decodebin ! {TO_RGB} ! {SINK}"
-    if source.startswith("gst:"):
-        pipeline = source[4:].strip()
+    if kind == "rtsp":
+        return f"rtspsrc location={argument} latency=200 ! decodebin ! {TO_RGB} ! {SINK}"
+    if kind == "gst":
+        pipeline = argument.strip()
         return pipeline if "appsink" in pipeline else f"{pipeline} ! {TO_RGB} ! {SINK}"
-    raise SourceError(f"unknown source {source!r}")
+    raise SourceError(f"{source!r} is not a GStreamer source")
 
 
 class GStreamerSource:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.capture.sources import SourceError
+from edged.capture.sources.base import SourceError
 
 LORES_SIZE = (320, 240)
 INSTALL_HINT = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged.capture.sources import Pacer, SourceError
+from edged.capture.sources.base import Pacer, SourceError
 
 # The object is in view for frames 30-69 of every 100.
 OBJECT_PERIOD, OBJECT_FROM, OBJECT_UNTIL = 100, 30, 70

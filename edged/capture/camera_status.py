@@ -1,0 +1,18 @@
+"""What a camera reports of itself; the bus carries it in status replies and events as it is."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CameraStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["online", "reconnecting", "offline", "ended"] = Field(
+        description="online once a frame has arrived since the source was (re)opened")
+    last_error: str | None = None
+    fps: float = 0.0
+    drops: int = 0
+    last_frame_age_s: float | None = Field(None, description="seconds since the source's last frame; null before the first")

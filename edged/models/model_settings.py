@@ -1,0 +1,33 @@
+"""The ``[model]`` table: which package runs, and how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from edged.config import RestartField
+
+
+class ModelConfig(BaseModel):
+    """The ``[model]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = RestartField(
+        "bundled",
+        min_length=1,
+        description="a model package directory; 'auto' (the largest installed package that "
+        "fits in memory) or 'bundled' (the tiny model shipped with edged, for trying it out)"
+    )
+    threads: int = RestartField(0, ge=0, description="inference threads; 0 means one per CPU core")
+    max_length: int = RestartField(
+        2048, gt=0, description="most tokens one state may hold (prompt, image and answer)",
+    )
+    models_dir: Path = RestartField(
+        Path("/var/lib/edged/models"),
+        description="where `edged models pull` installs packages and 'auto' looks for them"
+    )
+    headroom_mb: int = RestartField(
+        512, ge=0, description="memory 'auto' leaves free for the system and other services, in MiB",
+    )
