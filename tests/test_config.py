@@ -214,3 +214,14 @@ def test_run_refuses_an_invalid_config_with_exit_78(tmp_path: Path) -> None:
     result = edged("run", "--config", str(path), timeout=30)
     assert result.returncode == EX_CONFIG
     assert f"{path}: cameras.front.fps: must be greater than 0, got -1" in result.stderr.splitlines()
+
+
+def test_which_settings_need_a_restart_is_declared_on_each() -> None:
+    from edged.config import needs_restart
+    from edged.settings import Settings
+
+    for key in ("model.path", "state.dir", "bus.events", "cameras.front.source", "cameras.front.masks"):
+        assert needs_restart(Settings, key), key
+    assert needs_restart(Settings, "cameras.front")  # a camera added or removed: capture opens it at start
+    for key in ("cameras.front.rules", "cameras.front.describe_every_s", "log.level", "agent.system_prompt"):
+        assert not needs_restart(Settings, key), key

@@ -116,6 +116,23 @@ def test_sighup_reloads_config_and_new_values_take_effect(
     assert daemon.wait() == 0
 
 
+def test_a_reload_names_the_settings_only_a_restart_applies(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "edged.toml", '[log]\nformat = "json"\n')
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    write_config(config, '[log]\nformat = "json"\nlevel = "debug"\n[state]\nbudget_mb = 64\n[bus]\nstatus_interval_s = 5\n')
+    daemon.send(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING", "1")
+    notify_socket.wait_for("READY", "1")
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+    events = [json.loads(line) for line in daemon.log().splitlines()]
+    pending = [e for e in events if e["event"] == "these settings take effect at the next restart"]
+    assert len(pending) == 1 and pending[0]["keys"] == ["bus.status_interval_s", "state.budget_mb"]  # not log.level
+
+
 def test_invalid_config_on_reload_keeps_the_running_config(
     start_daemon, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
