@@ -106,5 +106,6 @@ class ProgressMonitor:
         return {p.name: p.death for p in self._pulses if p.death is not None}
 
 
-PartsFactory = Callable[[Any, ProgressMonitor], list[Part]]
-"""Makes the daemon's parts from its settings (edged.service.build_parts)."""
+PartsFactory = Callable[..., list[Part]]
+"""Makes the daemon's parts: ``factory(settings, monitor, model=the chosen model package)``
+(edged.service.build_parts)."""

@@ -13,6 +13,7 @@ import select
 import signal
 import sys
 import time
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +23,11 @@ import structlog
 from edged import __version__
 from edged.config import EX_CONFIG, ConfigError, LoadedConfig, Override, changed_keys, needs_restart
 from edged.logs import configure_logging
-from edged.models.installed import choose_model
+from edged.models.installed import ModelChoice
 from edged.notify import SystemdNotifier, watchdog_interval
 from edged.parts import Part, PartsFactory, ProgressMonitor, StartRefused
 from edged.settings import CameraConfig, Settings, load_config
-from edged.preflight import start_problems
+from edged.preflight import check_start
 
 log = structlog.get_logger()
 
@@ -44,7 +45,7 @@ EX_SOFTWARE = 70
 """A thread of the daemon died of a bug; systemd restarts the daemon (Restart=on-failure)."""
 
 
-def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
+def build_parts(settings: Settings, monitor: ProgressMonitor, model: ModelChoice) -> list[Part]:
     """The daemon's parts, in start order (they stop in reverse). The bus opens first and
     closes last, so every request gets an answer, ``status`` during a long model load and
     ``unavailable`` while the agent stops, rather than silence until the client gives up."""
@@ -53,7 +54,7 @@ def build_parts(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
     from edged.capture.capture_part import CapturePart
 
     capture = CapturePart(settings, monitor)
-    agent = AgentPart(settings, monitor, capture)
+    agent = AgentPart(settings, monitor, capture, model)
     bus = BusPart(settings, monitor, handler=agent, cameras=capture.statuses, figures=agent.status_figures)
     agent.publish = bus.server.publish
     return [bus, capture, agent]
@@ -89,14 +90,13 @@ def serve(
     configure_logging(loaded.settings.log)
     log.info("starting", version=__version__, pid=os.getpid(), config=loaded.describe_files())
     # A damaged package is the agent's to refuse (exit 65): here, what the config names.
-    problems = start_problems(loaded.settings, package_sizes=False)
+    problems, model = check_start(loaded.settings, package_sizes=False)
     if problems:
         for problem in problems:
             print(f"edged: not started: {problem}", file=sys.stderr)
         return EX_CONFIG
-    model = choose_model(loaded.settings.model)
     log.info("model chosen", path=str(model.path), reason=model.reason)
-    return Service(loaded, reload_config, parts_factory).run()
+    return Service(loaded, reload_config, partial(parts_factory, model=model)).run()
 
 
 class Service:

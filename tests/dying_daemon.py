@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from edged.settings import Settings
 from edged.parts import ProgressMonitor
 from edged.service import serve
+from edged.settings import Settings
 
 
 class DyingPart:
@@ -48,7 +48,7 @@ class DyingPart:
 
 def main() -> int:
     config, die_file = Path(sys.argv[1]), Path(sys.argv[2])
-    return serve(config, parts_factory=lambda settings, monitor: [DyingPart(monitor, die_file)])
+    return serve(config, parts_factory=lambda settings, monitor, model: [DyingPart(monitor, die_file)])
 
 
 if __name__ == "__main__":

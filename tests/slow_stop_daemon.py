@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 import time
 
-from edged.settings import Settings
+from edged.models.installed import ModelChoice
 from edged.parts import Part, ProgressMonitor
 from edged.service import build_parts, serve
+from edged.settings import Settings
 
 
 class SlowToStop:
@@ -35,8 +36,8 @@ class SlowToStop:
         return self._part.describe()
 
 
-def slow_capture(settings: Settings, monitor: ProgressMonitor) -> list[Part]:
-    return [SlowToStop(part) if part.name == "capture" else part for part in build_parts(settings, monitor)]
+def slow_capture(settings: Settings, monitor: ProgressMonitor, model: ModelChoice) -> list[Part]:
+    return [SlowToStop(part) if part.name == "capture" else part for part in build_parts(settings, monitor, model)]
 
 
 if __name__ == "__main__":

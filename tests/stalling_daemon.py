@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from edged.settings import Settings
 from edged.parts import ProgressMonitor
 from edged.service import serve
+from edged.settings import Settings
 
 
 class StallingPart:
@@ -47,7 +47,7 @@ class StallingPart:
 
 def main() -> int:
     config, stall_file = Path(sys.argv[1]), Path(sys.argv[2])
-    return serve(config, parts_factory=lambda settings, monitor: [StallingPart(monitor, stall_file)])
+    return serve(config, parts_factory=lambda settings, monitor, model: [StallingPart(monitor, stall_file)])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from edged.capture.frame import Frame
 from edged.engine.engine import Engine, EngineError
 from edged.engine.state_settings import StateConfig
 from edged.engine.store import PrefixStore, SessionStore
-from edged.models.installed import choose_model
+from edged.models.installed import ModelChoice
 from edged.models.integrity import PackageDamaged, check_package
 from edged.models.model_settings import ModelConfig
 from edged.parts import EX_DATAERR, ProgressMonitor, StartRefused
@@ -61,8 +61,11 @@ class AgentSettings(Protocol):
 class AgentPart:
     name = "agent"
 
-    def __init__(self, settings: AgentSettings, monitor: ProgressMonitor, capture: CapturePart) -> None:
+    def __init__(self, settings: AgentSettings, monitor: ProgressMonitor, capture: CapturePart,
+                 model: ModelChoice) -> None:
         self._settings = settings
+        self._model = model
+        """The package ``[model] path`` chose, once, before the daemon started (edged.preflight)."""
         self._capture = capture
         self._pulse = monitor.register(self.name)
         self.publish: Callable[[str, str | None, BaseModel], None] = lambda kind, camera, data: None
@@ -91,8 +94,7 @@ class AgentPart:
     # -- the lifecycle (main thread) -------------------------------------------------------
 
     def start(self) -> None:
-        model = self._settings.model
-        choice = choose_model(model)
+        model, choice = self._settings.model, self._model
         state_dir = self._settings.state.dir
         try:
             hashed = check_package(choice.path, state_dir)
