@@ -32,6 +32,7 @@ from edged.bus.server import Responder
 from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, EngineError
+from edged.engine.prompt_format import follow_up
 from edged.engine.state_settings import StateConfig
 from edged.engine.store import PrefixStore, SessionStore
 from edged.models.installed import ModelChoice
@@ -325,8 +326,8 @@ class AgentPart:
         read = None
         if state is not None:
             # A follow-up: the conversation so far, image included, is already in the state.
-            closing = "" if state.pending and state.pending[-1] in self.engine.eos_token_ids else "<|im_end|>"  # type: ignore[union-attr]
-            prompt = f"{closing}\n<|im_start|>user\n{request.question}"
+            closed = bool(state.pending) and state.pending[-1] in self.engine.eos_token_ids  # type: ignore[union-attr]
+            prompt = follow_up(request.question, closed)
         else:
             if request.frame_seq is not None:
                 named = [f for f in self._recent.get(request.camera, ()) if f.seq == request.frame_seq]

@@ -22,11 +22,10 @@ from edged.agent.rules import RuleTracker
 from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
+from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn
 from edged.engine.state import State
 from edged.engine.store import PrefixStore
 
-USER_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-ANSWER = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 DESCRIBE_PROMPT = "Describe the scene in one sentence."
 
 
@@ -67,7 +66,7 @@ class FrameTasks:
 
     def set_system_prompt(self, system_prompt: str) -> None:
         """Read the system prompt once (or load its saved state): every frame starts from it."""
-        tokens = self.engine.encode(f"<|im_start|>system\n{system_prompt}<|im_end|>\n")
+        tokens = self.engine.encode(system_turn(system_prompt))
         prefix = self._prefixes.get(tokens) if self._prefixes else None
         if prefix is None:
             prefix = self.engine.new_state()
@@ -91,7 +90,7 @@ class FrameTasks:
 
     def rule_probability(self, read: ReadFrame, rule: RuleConfig) -> float:
         """P(yes) for the rule's condition on this frame: one extend, no generation."""
-        logits = self.engine.extend_prompt(read.state.fork(), f"{rule.when}? Answer yes or no.{ANSWER}")
+        logits = self.engine.extend_prompt(read.state.fork(), rule_question(rule.when) + ANSWER)
         top = max(logits[self._yes].max(), logits[self._no].max())
         yes = np.exp(logits[self._yes] - top).sum()
         no = np.exp(logits[self._no] - top).sum()

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import write_png
 
 RULES = [
-    "Is a person standing at the door?", "Is a car parked in the driveway?", "Is there a package on the step?",
-    "Is the gate open?", "Is a dog in the yard?", "Is it raining?", "Is a light on in the window?",
-    "Is someone carrying a box?",
+    "Is a person standing at the door", "Is a car parked in the driveway", "Is there a package on the step",
+    "Is the gate open", "Is a dog in the yard", "Is it raining", "Is a light on in the window",
+    "Is someone carrying a box",
 ]
 
 
@@ -140,12 +141,11 @@ class Workload:
             decode_tokens=64,
             prefill_prompt=prompt_of(engine, 128),
             picture=image or _picture(),
-            image_head="<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>",
-            rule_tails=[f"{rule} Answer yes or no.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-                        for rule in RULES],
+            image_head=USER_IMAGE,
+            rule_tails=[rule_question(rule) + ANSWER for rule in RULES],
             # A 500-token system prompt and a 20-token question.
-            system=f"<|im_start|>system\n{prompt_of(engine, 496)}<|im_end|>\n",
-            question=f"<|im_start|>user\n{prompt_of(engine, 12)}<|im_end|>\n<|im_start|>assistant\n",
+            system=system_turn(prompt_of(engine, 496)),
+            question=user_turn(prompt_of(engine, 12)) + ANSWER,
         )
 
 
