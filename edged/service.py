@@ -65,7 +65,7 @@ def with_embedded_demo(loaded: LoadedConfig) -> LoadedConfig:
     `edged run` shows the whole daemon working on the bundled model."""
     if loaded.files or loaded.settings.cameras:
         return loaded
-    from edged.agent.agent_settings import RuleConfig
+    from edged.bus.schema import RuleConfig
 
     demo = CameraConfig(source="synthetic", fps=1.0, describe_every_s=15.0, rules=[
         RuleConfig(id="red_square", when="Is there a red square in the picture", on_threshold=0.5, off_threshold=0.4)])

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from edged.agent.agent_settings import AgentConfig, CameraTasksConfig, RuleConfig
+from edged.agent.agent_settings import AgentConfig, CameraTasksConfig
 from edged.agent.rules import RuleTracker, trackers_for
 from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
 from edged.agent.snapshot import snapshot
 from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
 from edged.bus.bus_settings import BusConfig
-from edged.bus.schema import Answer, Detection, Provenance, Request
+from edged.bus.schema import Answer, Detection, Provenance, Request, RuleConfig
 from edged.bus.server import Responder
 from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame

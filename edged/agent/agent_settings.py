@@ -1,37 +1,12 @@
 """The ``[agent]`` table, and the agent's half of each ``[cameras.<name>]`` table: its rules
-and tasks (edged.settings joins it with capture's half)."""
+and tasks (edged.settings joins it with capture's half). A rule itself is defined by the bus
+contract (edged.bus.schema.RuleConfig), since clients set and read rules over the bus too."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from edged.bus.schema import Name
-
-
-class RuleConfig(BaseModel):
-    """One ``[[cameras.<name>.rules]]`` entry: a yes/no condition watched on every new frame."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: Name
-    when: str = Field(min_length=1, max_length=500, description="the condition, in plain words")
-    on_threshold: float = Field(0.7, ge=0, le=1, description="P(yes) at or above which it counts as true")
-    off_threshold: float = Field(0.3, ge=0, le=1, description="P(yes) at or below which it counts as false")
-    consecutive: int = Field(2, ge=1, description="evaluations in a row above on_threshold before 'begin'")
-    cooldown_s: float = Field(30.0, ge=0, description="after 'end', seconds before it may begin again")
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> RuleConfig:
-        if self.off_threshold > self.on_threshold:
-            raise ValueError("off_threshold must not be above on_threshold")
-        return self
-
-    @property
-    def version(self) -> str:
-        """Changes whenever the rule's text or thresholds change."""
-        import hashlib
-
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+from edged.bus.schema import RuleConfig
 
 
 class CameraTasksConfig(BaseModel):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edged.agent.agent_settings import RuleConfig
-from edged.bus.schema import RuleState
+from edged.bus.schema import RuleConfig, RuleState
 
 
 class RuleTracker:

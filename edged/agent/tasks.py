@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edged.agent.agent_settings import RuleConfig
 from edged.agent.rules import RuleTracker
-from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleEvent
+from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleConfig, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn

@@ -6,10 +6,12 @@ compatible change only adds optional fields; anything else bumps ``v``.
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
+from edged.capture.camera_settings import CameraName  # one rule for camera names, in config and requests
 from edged.capture.camera_status import CameraStatus  # capture's own report, carried as it is
 
 PROTOCOL_VERSION = 1
@@ -160,6 +162,33 @@ def topic(kind: str, camera: str | None) -> str:
     return f"edged.{kind}.{camera}" if camera else f"edged.{kind}"
 
 
+# -- rules: the config's [[cameras.NAME.rules]] and rules.set both give one --------------
+
+
+class RuleConfig(_Model):
+    """One ``[[cameras.<name>.rules]]`` entry: a yes/no condition watched on every new frame."""
+
+    id: Name
+    when: str = Field(min_length=1, max_length=500, description="the condition, in plain words")
+    on_threshold: float = Field(0.7, ge=0, le=1, description="P(yes) at or above which it counts as true")
+    off_threshold: float = Field(0.3, ge=0, le=1, description="P(yes) at or below which it counts as false")
+    consecutive: int = Field(2, ge=1, description="evaluations in a row above on_threshold before 'begin'")
+    cooldown_s: float = Field(30.0, ge=0, description="after 'end', seconds before it may begin again")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> RuleConfig:
+        if self.off_threshold > self.on_threshold:
+            raise ValueError("off_threshold must not be above on_threshold")
+        return self
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the rule's text or thresholds change."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+
+
 # -- requests and replies (ROUTER) ---------------------------------------------------------
 
 
@@ -168,21 +197,27 @@ class _Request(_Model):
     id: str = Field(min_length=1, max_length=128, description="chosen by the client; replies carry it")
 
 
-class RuleSpec(_Model):
-    """A rule as rules.set gives it; omitted thresholds take the config's defaults."""
+def _partial(model: type[_Model], name: str, doc: str) -> type[_Model]:
+    """``model`` with every field that has a default made optional (None: the default applies),
+    the rest as they are: same names, types, bounds and descriptions, one owner."""
+    fields: dict[str, Any] = {}
+    for key, info in model.model_fields.items():
+        if info.is_required():
+            fields[key] = (info.annotation, info)
+        else:
+            optional = copy.copy(info)
+            optional.default = None
+            fields[key] = (info.annotation | None, optional)
+    return create_model(name, __base__=_Model, __doc__=doc, **fields)
 
-    id: Name
-    when: str = Field(min_length=1, max_length=500, description="a yes/no condition in plain words")
-    on_threshold: float | None = Field(None, ge=0, le=1)
-    off_threshold: float | None = Field(None, ge=0, le=1)
-    consecutive: int | None = Field(None, ge=1)
-    cooldown_s: float | None = Field(None, ge=0)
+
+RuleSpec = _partial(RuleConfig, "RuleSpec", "A rule as rules.set gives it; omitted thresholds take the config's defaults.")
 
 
 class AskRequest(_Request):
     op: Literal["ask"] = "ask"
     question: str = Field(min_length=1, max_length=4000)
-    camera: Name | None = Field(None, description="whose newest frame to ask about")
+    camera: CameraName | None = Field(None, description="whose newest frame to ask about")
     frame_seq: int | None = Field(
         None, ge=0, description="ask about this frame of the camera (an event's provenance.frame_seq) instead "
         "of the newest; the agent keeps the last [agent] frames_kept frames")
@@ -198,29 +233,29 @@ class AskRequest(_Request):
 
 class DescribeRequest(_Request):
     op: Literal["describe"] = "describe"
-    camera: Name
+    camera: CameraName
 
 
 class DetectRequest(_Request):
     op: Literal["detect"] = "detect"
-    camera: Name
+    camera: CameraName
     labels: list[str] | None = Field(None, description="only these kinds of object")
 
 
 class RulesListRequest(_Request):
     op: Literal["rules.list"] = "rules.list"
-    camera: Name | None = None
+    camera: CameraName | None = None
 
 
 class RulesSetRequest(_Request):
     op: Literal["rules.set"] = "rules.set"
-    camera: Name
+    camera: CameraName
     rules: list[RuleSpec]
 
 
 class SnapshotRequest(_Request):
     op: Literal["snapshot"] = "snapshot"
-    camera: Name
+    camera: CameraName
     format: Literal["jpeg", "png"] = "jpeg"
 
 

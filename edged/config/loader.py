@@ -302,7 +302,12 @@ def _describe(error: Mapping[str, Any], origins: Mapping[KeyPath, str], schema: 
 def _dotted(loc: KeyPath) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        # a key a file spelled oddly (a newline, spaces, nothing) is shown quoted: one line per problem
+        shown = part if part and part.isprintable() and part.strip() == part else json.dumps(part)
+        text += f".{shown}" if text else shown
     return text
 
 
