@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from pydantic import ValidationError
 
 from edged.bus.bus_settings import TRANSPORT_MAX_BYTES
-from edged.bus.schema import EVENT, Answer, Event, Reply, Snapshot, Status
+from edged.bus.schema import EVENT, OPS, PROTOCOL_VERSION, REQUEST, Answer, Event, Reply, Snapshot, Status
 from edged.bus.security import curve_client
 
 
@@ -158,7 +158,15 @@ class Client:
         """Send one request; yield its replies until the final one. TimeoutError if the
         daemon says nothing for ``timeout`` seconds."""
         request_id = uuid.uuid4().hex
-        payload = json.dumps({"v": 1, "id": request_id, "op": op, **fields}).encode()
+        if op not in OPS:
+            raise BusError("unknown_op", f"{op!r} is not one of {', '.join(OPS)}")
+        try:  # built through the schema's request models, so what the daemon would refuse is refused here
+            message = REQUEST.validate_python({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields})
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"][1:])
+            raise BusError("bad_request", f"{op}: {where + ': ' if where else ''}{first['msg']}") from None
+        payload = message.model_dump_json(exclude_none=True).encode()
         if len(payload) > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
             raise BusError("too_large", f"request of {len(payload)} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
         self._socket.send(payload)
@@ -188,9 +196,8 @@ class Client:
             max_tokens: int = 256, frame_seq: int | None = None) -> AnswerStream:
         """The answer: iterate it for the text as it streams, then read ``.final``.
         ``frame_seq`` asks about that recent frame of ``camera`` instead of its newest."""
-        fields = {"question": question, "camera": camera, "session": session, "max_tokens": max_tokens,
-                  "frame_seq": frame_seq}
-        return AnswerStream(self.request("ask", **{k: v for k, v in fields.items() if v is not None}))
+        return AnswerStream(self.request("ask", question=question, camera=camera, session=session,
+                                         max_tokens=max_tokens, frame_seq=frame_seq))
 
     def status(self) -> Status:
         return Status.model_validate(self.call("status"))

@@ -351,3 +351,16 @@ def test_a_daemon_run_by_hand_binds_the_users_runtime_dir_and_clients_find_it(tm
             assert client.status().model == "tiny"
     finally:
         bus.stop()
+
+
+def test_the_client_refuses_what_the_schema_refuses_before_sending_it(tmp_path: Path) -> None:
+    # nobody listens: a request that went out would time out instead
+    with Client(f"ipc://{tmp_path}/nobody.sock", timeout=0.5) as client:
+        with pytest.raises(BusError, match="bad_request: ask: question: String should have at least 1 character"):
+            client.call("ask", question="")
+        with pytest.raises(BusError, match="bad_request: rules.set: camera"):
+            client.call("rules.set", camera="Front Door", rules=[])
+        with pytest.raises(BusError, match="unknown_op"):
+            client.call("reboot")
+        with pytest.raises(TimeoutError):
+            client.call("ask", question="is anyone there")
