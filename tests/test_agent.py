@@ -457,3 +457,35 @@ def test_cameras_take_turns() -> None:
     assert served == ["front", "back", "side", "front", "back", "side"]
     only_side = [turns.first(always, lambda name: "frame" if name == "side" else None)[0] for _ in range(2)]
     assert only_side == ["side", "side"] and turns.first(always, lambda name: None) is None
+
+
+def test_answers_and_failed_work_reach_subscribers_as_events(start_daemon, notify_socket: NotifySocket,
+                                                            tmp_path: Path) -> None:
+    config = write_config(tmp_path / "edged.toml", """
+[cameras.front]
+source = "synthetic"
+fps = 2.0
+[[cameras.front.rules]]
+id = "anyone"
+when = "Is there a person"
+""")
+    # room for the system prompt, not for a frame: every rule job fails, and no client waits on it
+    daemon = start_daemon("--config", str(config), "--set", "model.max_length=48")
+    notify_socket.wait_for("READY", "1")
+    with Subscriber(daemon.events, ["edged.error"]) as errors:
+        failed = errors.receive(timeout=30)
+    assert failed is not None and failed.topic == "edged.error", daemon.log()[-2000:]
+    assert failed.event.data.code == "internal" and "max_length 48" in failed.event.data.message
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+    config.write_text(config.read_text().split("[[cameras")[0])
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client, Subscriber(daemon.events, ["edged.answer."]) as answers:
+        wait_for_frame(client, "front")  # time enough for the subscription to reach the daemon
+        answer = client.ask("What is it?", camera="front", max_tokens=4)
+        "".join(answer)
+        received = answers.receive(timeout=30)
+    assert received is not None and received.topic == "edged.answer.front"
+    assert received.event.data == answer.final

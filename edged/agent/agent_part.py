@@ -27,7 +27,7 @@ from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, JobQueu
 from edged.agent.snapshot import snapshot
 from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
 from edged.bus.bus_settings import BusConfig
-from edged.bus.schema import Answer, Detection, Provenance, Request, RuleConfig
+from edged.bus.schema import Answer, Detection, ErrorEvent, Provenance, Request, RuleConfig
 from edged.bus.server import Responder
 from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame
@@ -211,8 +211,10 @@ class AgentPart:
                 job.run()
             except Cancelled:
                 pass
-            except Exception:  # noqa: BLE001 - one bad job must not stop inference; logged with its traceback
+            except Exception as error:  # noqa: BLE001 - one bad job must not stop inference; logged with its traceback
                 log.exception("inference job failed")
+                # no client waits on a rule, detection or description: subscribers hear of it instead
+                self.publish("error", None, ErrorEvent(code="internal", message=f"{type(error).__name__}: {error}"))
             self._queue.charge(job, time.monotonic() - started)
 
     def _accept_next_frame(self) -> bool:
@@ -347,7 +349,9 @@ class AgentPart:
             self._sessions.put(session, state)
         provenance = read.provenance if read is not None else Provenance(
             model=self.engine.fingerprint[:16], prompt_version=self._tasks.prompt_version)  # type: ignore[union-attr]
-        respond.final(Answer(request_id=request.id, session=session, text=text, provenance=provenance))
+        answer = Answer(request_id=request.id, session=session, text=text, provenance=provenance)
+        respond.final(answer)
+        self.publish("answer", request.camera, answer)
 
     def _newest_read_or_report(self, camera: str | None, respond: Responder) -> ReadFrame | None:
         """The newest frame of ``camera``, read; None once the client has been told there is none."""
