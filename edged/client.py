@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -158,6 +159,9 @@ class Client:
         """Send one request; yield its replies until the final one. TimeoutError if the
         daemon says nothing for ``timeout`` seconds."""
         request_id = uuid.uuid4().hex
+        size = len(json.dumps(fields, default=str))
+        if size > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
+            raise BusError("too_large", f"request of {size} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
         if op not in OPS:
             raise BusError("unknown_op", f"{op!r} is not one of {', '.join(OPS)}")
         try:  # built through the schema's request models, so what the daemon would refuse is refused here
@@ -167,8 +171,6 @@ class Client:
             where = ".".join(str(part) for part in first["loc"][1:])
             raise BusError("bad_request", f"{op}: {where + ': ' if where else ''}{first['msg']}") from None
         payload = message.model_dump_json(exclude_none=True).encode()
-        if len(payload) > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
-            raise BusError("too_large", f"request of {len(payload)} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
         self._socket.send(payload)
         deadline = time.monotonic() + self.timeout
         while True:

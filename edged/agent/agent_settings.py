@@ -4,9 +4,15 @@ contract (edged.bus.schema.RuleConfig), since clients set and read rules over th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from edged.bus.bus_settings import BusConfig
 from edged.bus.schema import RuleConfig
+from edged.engine.state_settings import StateConfig
+from edged.models.model_settings import ModelConfig
 
 
 class CameraTasksConfig(BaseModel):
@@ -35,3 +41,19 @@ class AgentConfig(BaseModel):
     stale_after_s: float = Field(
         10.0, gt=0, description="rule, detect and describe work on a frame older than this is dropped (and counted)"
     )
+
+
+class AgentSettings(Protocol):
+    """What the agent reads of the daemon's settings: the model and where states live, its
+    own table, each camera's rules and tasks, and how long the bus waits for an answer."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def state(self) -> StateConfig: ...
+    @property
+    def agent(self) -> AgentConfig: ...
+    @property
+    def bus(self) -> BusConfig: ...
+    @property
+    def cameras(self) -> Mapping[str, CameraTasksConfig]: ...

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from edged.agent.rules import RuleTracker
 from edged.bus.schema import RuleEvent
 from edged.agent.agent_settings import CameraTasksConfig
+from edged.agent.frame_policy import TaskPeriods
 from edged.capture.camera_settings import CaptureConfig
 from edged.capture.frame import Frame
 from edged.capture.sampler import FramePipeline
@@ -89,7 +90,7 @@ def clip_frames(clip: Path, camera: str, config: CaptureConfig) -> Iterator[Fram
 def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraTasksConfig,
            emit: Callable[[ReplayEvent], None], summary: ReplaySummary) -> None:
     trackers = [RuleTracker(rule) for rule in config.rules]
-    last = {"detect": float("-inf"), "describe": float("-inf")}
+    periods = TaskPeriods()
     for frame in frames:
         summary.model_frames += 1
         clip_s = frame.monotonic
@@ -105,12 +106,11 @@ def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraTasksConfig
             rule_event = tasks.evaluate_rule(read, tracker)
             if rule_event is not None:
                 event("rule", rule_event)
-        if config.detect_every_s and clip_s - last["detect"] >= config.detect_every_s:
-            last["detect"] = clip_s
+        for task in periods.due(frame.camera, config, clip_s):
+            periods.ran(frame.camera, task, clip_s)
             read = read or tasks.read(frame)
-            event("detection", tasks.detect(read))
-        if config.describe_every_s and clip_s - last["describe"] >= config.describe_every_s:
-            last["describe"] = clip_s
-            read = read or tasks.read(frame)
-            event("description", tasks.describe(read))
+            if task == "detect":
+                event("detection", tasks.detect(read))
+            else:
+                event("description", tasks.describe(read))
         summary.inference_s += time.perf_counter() - started

@@ -84,10 +84,14 @@ class JobQueue:
         """Jobs of this kind waiting to run."""
         return len(self._waiting[priority])
 
-    def wait(self, timeout: float) -> None:
-        """Until a job is put (or ``wake`` is called), or ``timeout`` seconds."""
-        self._added.wait(timeout)
+    def arm(self) -> None:
+        """Forget earlier wake-ups: call before looking for work, so that whatever arrives
+        after the look (a job, or a frame whose camera calls ``wake``) ends the next ``wait``."""
         self._added.clear()
+
+    def wait(self, timeout: float) -> None:
+        """Until a job is put or ``wake`` is called since the last ``arm``, or ``timeout`` seconds."""
+        self._added.wait(timeout)
 
     def wake(self) -> None:
         self._added.set()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from edged.bus.bus_settings import BusConfig
-from edged.bus.schema import CameraStatus, Status
+from edged.bus.schema import CameraStatus, InferenceFigures, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
 from edged.parts import ProgressMonitor
 
@@ -28,7 +28,7 @@ class BusPart:
 
     def __init__(self, settings: BusSettings, monitor: ProgressMonitor, handler: RequestHandler | None = None,
                  cameras: Callable[[], dict[str, CameraStatus]] = dict,
-                 figures: Callable[[], dict[str, Any]] = dict) -> None:
+                 figures: Callable[[], InferenceFigures] = InferenceFigures) -> None:
         self._settings = settings
         self._cameras = cameras
         self._figures = figures
@@ -54,8 +54,8 @@ class BusPart:
         return f"bus: {self.server.in_progress} requests in progress"
 
     def status(self) -> Status:
-        figures = {"queue_depth": self.server.in_progress, **self._figures()}
+        """Each part's own figures, as its last snapshot has them (this runs on the bus thread)."""
         return Status(
             uptime_s=round(time.monotonic() - self._started, 1), cameras=self._cameras(),
-            requests_busy=self.server.busy_refusals, detail=self._monitor.detail, **figures,
+            requests_busy=self.server.busy_refusals, detail=self._monitor.detail, **dict(self._figures()),
         )

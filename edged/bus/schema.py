@@ -78,13 +78,13 @@ class RuleState(_Model):
     evaluations: int = Field(0, description="frames it has been evaluated on since it was set")
 
 
-class Status(_Model):
-    uptime_s: float
+class InferenceFigures(_Model):
+    """The agent's part of the status: the model and how inference is keeping up. The agent
+    builds one on its inference thread after each job; the bus thread only reads it."""
+
     model: str | None = Field(None, description="the model package in use")
     execution_provider: str | None = Field(None, description="what runs the model, e.g. CPUExecutionProvider")
-    cameras: dict[str, CameraStatus] = Field(default_factory=dict)
-    queue_depth: int = 0
-    requests_busy: int = Field(0, description="requests refused as busy since start")
+    queue_depth: int = Field(0, description="inference jobs waiting")
     tokens_per_s: float | None = None
     ttft_ms: float | None = Field(None, description="time to first token, last answer")
     frame_to_event_ms: float | None = Field(None, description="capture to publication, last event")
@@ -98,6 +98,14 @@ class Status(_Model):
     prompt_version: str | None = Field(None, description="version of the system prompt in use")
     images_encoded: int | None = Field(None, description="pictures the vision encoder has read since start")
     sessions: int | None = Field(None, description="conversations held in memory")
+
+
+class Status(InferenceFigures):
+    """The daemon's status: the bus's own figures, each camera's report, and the agent's."""
+
+    uptime_s: float
+    cameras: dict[str, CameraStatus] = Field(default_factory=dict)
+    requests_busy: int = Field(0, description="requests refused as busy since start")
     detail: str = Field("", description="the daemon's status line, as systemd shows it")
 
 

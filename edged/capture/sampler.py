@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,6 +19,9 @@ class FrameMailbox:
         self._frame: Frame | None = None
         self._ready = threading.Condition()
         self.drops = 0
+        self.on_put: Callable[[], None] = lambda: None
+        """Called after each frame is put: how a consumer that waits on more than one mailbox
+        (the agent's inference thread) is woken, rather than polling them."""
 
     def put(self, frame: Frame) -> None:
         with self._ready:
@@ -25,6 +29,7 @@ class FrameMailbox:
                 self.drops += 1
             self._frame = frame
             self._ready.notify_all()
+        self.on_put()
 
     def take(self, timeout: float | None = None) -> Frame | None:
         """The newest unread frame (waiting up to ``timeout``), or None."""

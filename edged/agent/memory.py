@@ -1,0 +1,57 @@
+"""What the agent knows between inference jobs: each camera's recent frames and the model's
+newest read of each, the last detection, and the rules' trackers. Only the inference thread
+writes it, and it always replaces a mapping whole rather than changing one in place, so the bus
+thread may read it at any moment (rules.list, snapshot, status)."""
+
+from __future__ import annotations
+
+from edged.agent.rules import RuleTracker
+from edged.agent.tasks import FrameTasks, ReadFrame
+from edged.bus.schema import Detection
+from edged.capture.frame import Frame
+
+
+class AgentMemory:
+    def __init__(self, trackers: dict[str, list[RuleTracker]]) -> None:
+        self.trackers = trackers
+        self.recent: dict[str, tuple[Frame, ...]] = {}
+        """Each camera's last [agent] frames_kept accepted frames, newest last."""
+        self.detections: dict[str, Detection] = {}
+        self._reads: dict[str, ReadFrame] = {}
+
+    def remember(self, frame: Frame, keep: int) -> None:
+        recent = (*self.recent.get(frame.camera, ()), frame)
+        self.recent = {**self.recent, frame.camera: recent[-keep:]}
+
+    def newest(self, camera: str | None) -> Frame | None:
+        """The newest accepted frame of ``camera`` (of any camera when None)."""
+        name = camera if camera is not None else next(iter(self.recent), None)
+        recent = self.recent.get(name, ()) if name is not None else ()
+        return recent[-1] if recent else None
+
+    def kept(self, camera: str, seq: int) -> Frame | None:
+        """Frame ``seq`` of ``camera``, if it is among the frames kept."""
+        return next((frame for frame in self.recent.get(camera, ()) if frame.seq == seq), None)
+
+    def read(self, frame: Frame, tasks: FrameTasks) -> ReadFrame:
+        """The model's read of ``frame``, made once however many tasks ask for it."""
+        read = self._reads.get(frame.camera)
+        if read is None or read.frame is not frame:
+            read = tasks.read(frame)
+            self._reads = {**self._reads, frame.camera: read}
+        return read
+
+    def newest_read(self, camera: str | None, tasks: FrameTasks) -> ReadFrame | None:
+        """The newest frame of ``camera`` (of any camera when None), read."""
+        frame = self.newest(camera)
+        return self.read(frame, tasks) if frame is not None else None
+
+    def forget_reads(self) -> None:
+        """Reads made under a system prompt no longer in force."""
+        self._reads = {}
+
+    def set_trackers(self, camera: str, trackers: list[RuleTracker]) -> None:
+        self.trackers = {**self.trackers, camera: trackers}
+
+    def set_detection(self, camera: str, detection: Detection) -> None:
+        self.detections = {**self.detections, camera: detection}

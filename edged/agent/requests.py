@@ -1,0 +1,181 @@
+"""The agent's side of the bus's requests, dispatched by their schema model. ``handle`` runs
+on the bus thread: rules.list and snapshot are answered there, from the agent's memory;
+every other request becomes a job in the queue's ask share, and its work, below, runs on the
+inference thread, which owns the engine and every state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection
+from functools import partial
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from edged.agent.agent_settings import AgentSettings
+from edged.agent.memory import AgentMemory
+from edged.agent.rules import trackers_for
+from edged.agent.scheduler import ASK, JobQueue
+from edged.agent.snapshot import snapshot
+from edged.agent.tasks import Cancelled, FrameTasks, ReadFrame
+from edged.bus.schema import (
+    Answer,
+    AskRequest,
+    DescribeRequest,
+    DetectRequest,
+    Provenance,
+    Request,
+    RuleConfig,
+    RulesListRequest,
+    RulesSetRequest,
+    SessionsDropRequest,
+    SnapshotRequest,
+)
+from edged.bus.server import Responder
+from edged.engine.engine import Engine, EngineError
+from edged.engine.prompt_format import follow_up
+from edged.engine.store import SessionStore
+
+log = structlog.get_logger()
+
+
+class AgentRequests:
+    def __init__(self, memory: AgentMemory, queue: JobQueue, stopping: threading.Event,
+                 settings: Callable[[], AgentSettings], cameras: Collection[str],
+                 publish: Callable[[str, str | None, BaseModel], None]) -> None:
+        self._memory, self._queue, self._stopping = memory, queue, stopping
+        self._settings, self._cameras, self._publish = settings, cameras, publish
+        self._engine: Engine | None = None
+        self._tasks: FrameTasks | None = None
+        self._sessions: SessionStore | None = None
+        self._on_bus_thread: dict[type, Callable[[Any, Responder], None]] = {
+            RulesListRequest: self._rules_list, SnapshotRequest: self._snapshot}
+        self._on_inference_thread: dict[type, Callable[[Any, Responder], None]] = {
+            AskRequest: self._ask, DescribeRequest: self._describe, DetectRequest: self._detect,
+            RulesSetRequest: self._set_rules, SessionsDropRequest: self._drop_session}
+
+    def bind(self, engine: Engine, tasks: FrameTasks, sessions: SessionStore) -> None:
+        """What the agent made at start: the requests that need the model can run from now on."""
+        self._engine, self._tasks, self._sessions = engine, tasks, sessions
+
+    # -- the bus thread ------------------------------------------------------------------------
+
+    def handle(self, request: Request, respond: Responder) -> None:
+        kind = type(request)
+        if kind in self._on_bus_thread:
+            self._on_bus_thread[kind](request, respond)
+        elif self._stopping.is_set():
+            respond.error("unavailable", "the daemon is stopping; ask again when it is back")
+        else:
+            work = self._on_inference_thread[kind]
+            deadline = time.monotonic() + self._settings().bus.request_timeout_s  # then the bus says 'deadline'
+            self._queue.put(ASK, partial(self._answer, work, request, respond), deadline)
+
+    def _rules_list(self, request: RulesListRequest, respond: Responder) -> None:
+        respond.final({name: [t.state().model_dump() for t in trackers]
+                       for name, trackers in self._memory.trackers.items() if request.camera in (None, name)})
+
+    def _snapshot(self, request: SnapshotRequest, respond: Responder) -> None:
+        camera = request.camera
+        if camera not in self._cameras:
+            respond.error("not_found", f"no camera {camera}; cameras: {', '.join(self._cameras) or 'none'}")
+            return
+        frame = self._memory.newest(camera)
+        if frame is None:
+            respond.error("not_found", f"no frame yet from camera {camera}")
+            return
+        detection = self._memory.detections.get(camera)
+        objects = detection.objects if detection and detection.provenance.frame_seq == frame.seq else []
+        rules = [t.state() for t in self._memory.trackers.get(camera, [])]
+        respond.final(snapshot(frame, objects, rules, request.format))
+
+    # -- the inference thread --------------------------------------------------------------------
+
+    def _answer(self, work: Callable[[Any, Responder], None], request: Request, respond: Responder) -> None:
+        """Run a request's work; whatever goes wrong, the client hears about it."""
+        try:
+            work(request, respond)
+        except Cancelled:
+            respond.error("unavailable", "the daemon is stopping; ask again when it is back")
+        except EngineError as error:
+            respond.error("bad_request", str(error))
+        except Exception as error:
+            log.exception("request failed", op=request.op, request_id=request.id)
+            respond.error("internal", f"{type(error).__name__}: {error}")
+
+    def _ask(self, request: AskRequest, respond: Responder) -> None:
+        engine, tasks, sessions = self._engine, self._tasks, self._sessions
+        session = request.session
+        state = sessions.get(session) if session else None
+        read: ReadFrame | None = None
+        if state is not None:
+            # A follow-up: the conversation so far, image included, is already in the state.
+            closed = bool(state.pending) and state.pending[-1] in engine.eos_token_ids
+            prompt = follow_up(request.question, closed)
+        else:
+            if request.frame_seq is not None:
+                named = self._memory.kept(request.camera, request.frame_seq)
+                read = self._memory.read(named, tasks) if named is not None else None
+                missing = f"frame {request.frame_seq} of camera {request.camera} is not among the frames kept"
+            else:
+                read = self._memory.newest_read(request.camera, tasks)
+                missing = f"no frame yet from camera {request.camera or '(any)'}"
+            if read is None:
+                respond.error("not_found", missing)
+                return
+            state, prompt = read.state.fork(), request.question
+        max_tokens = min(request.max_tokens, self._settings().agent.answer_max_tokens)
+        text = tasks.generate(state, prompt, max_tokens, on_text=lambda piece: respond.partial({"text": piece}),
+                              cancel=self._stopping)
+        if session:
+            sessions.put(session, state)
+        provenance = read.provenance if read is not None else Provenance(
+            model=engine.fingerprint[:16], prompt_version=tasks.prompt_version)
+        answer = Answer(request_id=request.id, session=session, text=text, provenance=provenance)
+        respond.final(answer)
+        self._publish("answer", request.camera, answer)
+
+    def _newest_read_or_report(self, camera: str, respond: Responder) -> ReadFrame | None:
+        """The newest frame of ``camera``, read; None once the client has been told there is none."""
+        read = self._memory.newest_read(camera, self._tasks)
+        if read is None:
+            respond.error("not_found", f"no frame yet from camera {camera}")
+        return read
+
+    def _describe(self, request: DescribeRequest, respond: Responder) -> None:
+        read = self._newest_read_or_report(request.camera, respond)
+        if read is not None:
+            respond.final(self._tasks.describe(read, cancel=self._stopping))
+
+    def _detect(self, request: DetectRequest, respond: Responder) -> None:
+        read = self._newest_read_or_report(request.camera, respond)
+        if read is None:
+            return
+        detection = self._tasks.detect(read, request.labels, cancel=self._stopping)
+        if not request.labels:
+            self._memory.set_detection(request.camera, detection)
+        respond.final(detection)
+
+    def _set_rules(self, request: RulesSetRequest, respond: Responder) -> None:
+        """Replace one camera's rules until the next reload or restart."""
+        cameras = self._settings().cameras
+        if request.camera not in cameras:
+            respond.error("not_found", f"no camera {request.camera}; cameras: {', '.join(cameras) or 'none'}")
+            return
+        try:
+            rules = [RuleConfig(**spec.model_dump(exclude_none=True)) for spec in request.rules]
+        except ValidationError as error:
+            first = error.errors()[0]
+            respond.error("bad_request", f"rules: {first['msg']}")
+            return
+        if len({rule.id for rule in rules}) != len(rules):
+            respond.error("bad_request", "rules: two rules share an id")
+            return
+        self._memory.set_trackers(request.camera, trackers_for(rules, self._memory.trackers.get(request.camera, [])))
+        log.info("rules set", camera=request.camera, rules=[rule.id for rule in rules])
+        respond.final({request.camera: [t.state().model_dump() for t in self._memory.trackers[request.camera]]})
+
+    def _drop_session(self, request: SessionsDropRequest, respond: Responder) -> None:
+        respond.final({"dropped": self._sessions.drop(request.session)})
