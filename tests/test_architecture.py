@@ -1,5 +1,6 @@
 """The shape of the code: layers that only point down, and no import cycles, read from the
-source of edged/ (function-level imports included: a lazy import is still a dependency).
+source of edged/ (function-level imports included: a lazy import is still a dependency; those
+under ``if TYPE_CHECKING:`` are not, since they never run).
 docs/architecture.md describes the layers; a new top-level module or package must be placed
 in one here."""
 
@@ -37,7 +38,7 @@ def imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -50,6 +51,21 @@ def imports() -> dict[str, set[str]]:
                 continue
             graph[name] |= {target for target in targets if target in modules and target != name}
     return graph
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:``."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            yield from (child for orelse in node.orelse for child in _runtime_nodes_of(orelse))
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _runtime_nodes_of(node: ast.AST):
+    yield node
+    yield from _runtime_nodes(node)
 
 
 def component(module: str) -> str:
@@ -107,3 +123,5 @@ def test_the_graph_is_read_from_the_source() -> None:
     assert "edged.engine.engine" in graph["edged.agent.agent_part"]
     assert "edged.config.loader" in graph["edged.config"]  # a package's own relative import
     assert len(graph) > 50
+    assert "edged.engine.generation" in graph["edged.engine.engine"]
+    assert "edged.engine.engine" not in graph["edged.engine.generation"]  # only for type checkers
