@@ -419,6 +419,33 @@ def test_a_camera_frame_array_reads_as_the_same_picture_file(vl: Engine, tmp_pat
     np.testing.assert_array_equal(from_array.logits, from_file.logits)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (384, 512), (96, 160), (32, 1024)])
+def test_a_frame_on_the_processors_grid_is_cut_into_patches_as_ort_genai_cuts_it(vl: Engine, size) -> None:
+    from edged.engine.image_patches import PatchGrid
+    from edged.images import encode_png
+
+    rng = np.random.default_rng(size[0] * size[1])
+    # two of one size: ORT GenAI pads the patches of pictures of different sizes to the largest's count
+    frames = [(rng.random((*size, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    assert all(PatchGrid.of_package(vl.package).takes_as_is(frame) for frame in frames)
+    prompt = image_prompt(vl, "What do both show?", images=2)
+    direct = vl._process(prompt, frames)  # no PNG: the frames' own pixels
+    reference = vl._image_processor()(prompt, [encode_png(frame) for frame in frames])
+    assert direct.input_ids == reference.input_ids
+    np.testing.assert_array_equal(direct.pixel_values, reference.pixel_values)
+    np.testing.assert_array_equal(direct.image_grid_thw, reference.image_grid_thw)
+
+
+def test_a_frame_off_the_grid_reads_as_its_picture_file_too(vl: Engine, tmp_path: Path) -> None:
+    frame = (np.random.default_rng(5).random((50, 70, 3)) * 255).astype(np.uint8)  # the processor resizes it
+    path = write_png(tmp_path / "frame.png", frame)
+    prompt = image_prompt(vl, "What is there?")
+    from_file, from_array = vl.new_state(), vl.new_state()
+    vl.extend_prompt(from_file, prompt, [path])
+    vl.extend_prompt(from_array, prompt, [frame])
+    np.testing.assert_array_equal(from_array.logits, from_file.logits)
+
+
 def test_repetition_penalty_discourages_tokens_already_said(text_fp32: Engine) -> None:
     state = text_fp32.new_state()
     text_fp32.extend(state, text_fp32.encode(text_fp32.chat_prompt([{"role": "user", "content": QUESTION}])))
@@ -466,3 +493,15 @@ def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewri
     onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
     with pytest.raises(GraphError, match="do not come from a matrix product"):
         decoder_with_last_logits(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("size", [(387, 517), (120, 160), (20, 30), (1080, 1920)])
+def test_a_frame_is_fit_to_the_size_the_processor_would_give_it(vl: Engine, size) -> None:
+    from edged.engine.image_patches import PatchGrid
+    from edged.images import encode_png
+
+    frame = (np.random.default_rng(size[0]).random((*size, 3)) * 255).astype(np.uint8)
+    fitted = vl.fit_to_grid(frame)
+    assert PatchGrid.of_package(vl.package).takes_as_is(fitted)
+    chosen = vl._image_processor()(image_prompt(vl, "Hi"), [encode_png(frame)]).image_grid_thw[0]
+    assert tuple(fitted.shape[:2]) == (chosen[1] * 16, chosen[2] * 16)  # the processor's own choice of size

@@ -64,7 +64,8 @@ class AgentPart:
         self._thread = threading.Thread(target=self._pulse.guard(self._run), name="inference", daemon=True)
         self._memory = AgentMemory({name: trackers_for(camera.rules, []) for name, camera in settings.cameras.items()})
         self._requests = AgentRequests(self._memory, self._queue, self._stop, lambda: self._settings,
-                                       list(capture.cameras), lambda *event: self.publish(*event))
+                                       list(capture.cameras), lambda *event: self.publish(*event),
+                                       settle=self._refresh_figures)
         self._periods = TaskPeriods()
         self._scheduled: set[tuple[str, str]] = set()
         self.engine: Engine | None = None
@@ -230,6 +231,7 @@ class AgentPart:
 
     def _publish(self, kind: str, frame: Frame, data: BaseModel) -> None:
         self._frame_to_event_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
+        self._refresh_figures()  # a subscriber that asks for the status next sees what the event says
         self.publish(kind, frame.camera, data)
 
     def _apply(self, settings: AgentSettings) -> None:

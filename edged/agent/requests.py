@@ -44,9 +44,11 @@ log = structlog.get_logger()
 class AgentRequests:
     def __init__(self, memory: AgentMemory, queue: JobQueue, stopping: threading.Event,
                  settings: Callable[[], AgentSettings], cameras: Collection[str],
-                 publish: Callable[[str, str | None, BaseModel], None]) -> None:
+                 publish: Callable[[str, str | None, BaseModel], None], settle: Callable[[], None]) -> None:
+        """``settle``: brings the agent's status up to date; it runs before each final reply, so
+        a client that asks for the status next sees what its request did."""
         self._memory, self._queue, self._stopping = memory, queue, stopping
-        self._settings, self._cameras, self._publish = settings, cameras, publish
+        self._settings, self._cameras, self._publish, self._settle = settings, cameras, publish, settle
         self._engine: Engine | None = None
         self._tasks: FrameTasks | None = None
         self._sessions: SessionStore | None = None
@@ -96,7 +98,7 @@ class AgentRequests:
     def _answer(self, work: Callable[[Any, Responder], None], request: Request, respond: Responder) -> None:
         """Run a request's work; whatever goes wrong, the client hears about it."""
         try:
-            work(request, respond)
+            work(request, _Settled(respond, self._settle))
         except Cancelled:
             respond.error("unavailable", "the daemon is stopping; ask again when it is back")
         except EngineError as error:
@@ -179,3 +181,20 @@ class AgentRequests:
 
     def _drop_session(self, request: SessionsDropRequest, respond: Responder) -> None:
         respond.final({"dropped": self._sessions.drop(request.session)})
+
+
+class _Settled:
+    """A responder whose final reply waits for the agent's status to catch up."""
+
+    def __init__(self, respond: Responder, settle: Callable[[], None]) -> None:
+        self._respond, self._settle = respond, settle
+
+    def partial(self, data: Any) -> None:
+        self._respond.partial(data)
+
+    def final(self, data: Any = None) -> None:
+        self._settle()
+        self._respond.final(data)
+
+    def error(self, code: str, message: str) -> None:
+        self._respond.error(code, message)

@@ -82,7 +82,7 @@ class FrameTasks:
     def read(self, frame: Frame) -> ReadFrame:
         """The frame's state: the system prompt's state forked and extended with the image."""
         state = self._prefix.fork()
-        self.engine.extend_prompt(state, USER_IMAGE, [frame.rgb])
+        self.engine.extend_prompt(state, USER_IMAGE, [self.engine.fit_to_grid(frame.rgb)])
         provenance = Provenance(frame_seq=frame.seq, frame_ts=round(frame.wall, 3), frame_hash=frame.hash,
                                 model=self.engine.fingerprint[:16], prompt_version=self.prompt_version)
         return ReadFrame(frame, state, provenance)

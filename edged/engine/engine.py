@@ -27,7 +27,8 @@ from edged.engine.errors import ContextFullError, EngineError
 from edged.engine.generation import Generation, GenerationOptions
 from edged.engine.memory import TRIM_AFTER_TOKENS, release_free_memory
 from edged.engine.positions import prompt_positions, text_positions
-from edged.engine.processor import ImageProcessor
+from edged.engine.image_patches import PatchGrid
+from edged.engine.processor import ImageProcessor, ProcessedPrompt
 from edged.engine.state import State
 from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
@@ -97,6 +98,7 @@ class Engine:
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
         self._vision: ort.InferenceSession | None = None
         self._processor: ImageProcessor | None = None
+        self._patch_grid = PatchGrid.of_package(self.package) if self._vision_file else None
         self.image_token_id = int(config.get("image_token_id", -1))
         self._merge = int(config.get("vision", {}).get("spatial_merge_size", 2))
         self._head_size = int(config["decoder"]["head_size"])
@@ -132,8 +134,7 @@ class Engine:
             return self.extend(state, self.encode(text))
         if not self.multimodal or self._vision_file is None:
             raise EngineError(f"{self.manifest.name} is a text-only package: it cannot read images")
-        encoded = [encode_png(image) if isinstance(image, np.ndarray) else image for image in images]
-        prompt = self._image_processor()(text, encoded)
+        prompt = self._process(text, images)
         ids = [*state.pending, *prompt.input_ids]
         self._check_room(state, len(prompt.input_ids))
         features = self._encode_images(prompt.pixel_values, prompt.image_grid_thw)
@@ -143,6 +144,13 @@ class Engine:
         self._run(state, ids, positions, embeds=self._embed(ids, features))
         state.next_position = next_position
         return state.logits  # type: ignore[return-value]
+
+    def fit_to_grid(self, rgb: np.ndarray) -> np.ndarray:
+        """A frame resized to the size the image processor would give it, so extend_prompt
+        reads it directly (no image file, no resize of the processor's own; image_patches.py).
+        The token count is the processor's; the resampling is OpenCV's. As it is when the
+        package has no such processor, or the frame is on the grid already."""
+        return self._patch_grid.fit(rgb) if self._patch_grid is not None else rgb
 
     def generate(self, state: State, options: GenerationOptions = GenerationOptions(),
                  cancel: threading.Event | None = None) -> Generation:
@@ -212,6 +220,21 @@ class Engine:
         config = json.loads((self.package / "tokenizer_config.json").read_text())
         template = config.get("chat_template")
         return template if isinstance(template, str) else None
+
+    def _process(self, text: str, images: Sequence[Image]) -> ProcessedPrompt:
+        """Token ids and patches: frames the processor would take as they are, directly
+        (image_patches.py); any other picture through ORT GenAI's processor."""
+        grid = self._patch_grid
+        if grid is not None and all(isinstance(image, np.ndarray) and grid.takes_as_is(image) for image in images):
+            ids = self.encode(text)
+            if ids.count(self.image_token_id) != len(images):
+                raise EngineError(f"the prompt has {ids.count(self.image_token_id)} image pads for {len(images)} pictures")
+            pieces = [grid.patches(image) for image in images]  # type: ignore[arg-type]
+            grids = np.concatenate([thw for _, thw in pieces])
+            return ProcessedPrompt(grid.expand(ids, self.image_token_id, grids),
+                                   np.concatenate([pixels for pixels, _ in pieces]), grids)
+        encoded = [encode_png(image) if isinstance(image, np.ndarray) else image for image in images]
+        return self._image_processor()(text, encoded)
 
     def _image_processor(self) -> ImageProcessor:
         if self._processor is None:
