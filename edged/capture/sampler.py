@@ -95,7 +95,7 @@ def fit_to_budget(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
 
 
 class FramePipeline:
-    """Masks, FPS cap, change gate and resize, in that order, for one camera's frames."""
+    """FPS cap, masks, change gate and resize, in that order, for one camera's frames."""
 
     def __init__(self, config) -> None:  # a CameraConfig
         self.config = config
@@ -123,10 +123,10 @@ class FramePipeline:
         ``grey``: the camera's own low-resolution grey image of the frame, when it has one."""
         import cv2
 
-        rgb = self.masked(rgb)  # before anything else, the gate included, sees the frame
         if self._last_passed is not None and now - self._last_passed < 1 / self.config.fps:
             self.skipped_fps += 1
-            return None
+            return None  # dropped before any copy: the cap looks at no pixel
+        rgb = self.masked(rgb)  # before anything that looks at pixels, the gate included
         grey = self.masked(grey) if grey is not None else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if not self.gate.passes(grey):
             self.skipped_gate += 1
