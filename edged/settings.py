@@ -25,7 +25,7 @@ class CameraConfig(CameraTasksConfig, CaptureConfig):
 
 
 class Settings(BaseSettings):
-    """edged's whole configuration. Build it with ``edged.config.load_config``."""
+    """edged's whole configuration. Build it with ``load_config`` below."""
 
     model_config = SettingsConfigDict(
         extra="forbid",
