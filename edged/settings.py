@@ -1,5 +1,5 @@
 """The daemon's settings: every part's own tables, joined into the one model that config
-files, the environment and flags are read into. Every default edged has lives in a table here."""
+files, the environment and flags are read into. Every default edged has lives in one of them."""
 
 from __future__ import annotations
 
