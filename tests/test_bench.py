@@ -14,7 +14,8 @@ def test_bench_engine_runs_and_reports_every_figure() -> None:
     report = json.loads(result.stdout)
     for key in ("decode_ratio", "prefill_ratio", "fanout_ratio", "fanout_bound", "fanout_self_ratio",
                 "prefix_ttft_ratio", "decode_ratio_same_threads", "prefill_ratio_same_threads",
-                "fanout_ratio_same_threads", "prefix_ttft_ratio_same_threads", "peak_rss_mb", "session_bytes"):
+                "fanout_ratio_same_threads", "prefix_ttft_ratio_same_threads", "peak_rss_mb", "session_bytes",
+                "frame_prep_ratio"):
         assert report[key] > 0, key
     table = edged("bench", "engine", "--model", str(TINY / "text-int4"), "--repeats", "1", timeout=300)
     assert table.returncode == 0, table.stderr

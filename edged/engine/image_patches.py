@@ -5,7 +5,7 @@ bytes), so a camera frame would be encoded to PNG only to be decoded again. For 
 sides are multiples of the processor's grid (16-pixel patches merged 2 x 2: 32 for Qwen3.5)
 and whose area lies within its pixel bounds, the processor resizes nothing; what it does then
 (rescale, normalize, cut into patches, expand each image pad into one token per merged patch)
-is done here, bit for bit the same (tested against it), in about a millisecond. Any other
+is done here, bit for bit the same (tested against it), in a fraction of the time. Any other
 picture still goes through ORT GenAI's processor.
 """
 
