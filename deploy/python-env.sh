@@ -21,7 +21,7 @@ version_at_least() {  # version_at_least VERSION MINIMUM
 }
 
 is_system_python() {
-    [ "$(realpath -q "$1")" = "$(realpath -q "$EDGED_SYSTEM_PYTHON")" ]
+    [ "$(realpath -m "$1")" = "$(realpath -m "$EDGED_SYSTEM_PYTHON")" ]
 }
 
 # default_python SYSTEM_VERSION OS_ID OS_VERSION_ID: the interpreter edged's venv is made with
