@@ -362,7 +362,9 @@ def test_with_jetson_wheels_the_gpu_builds_are_the_only_onnxruntime_in_the_venv(
         else:
             renamed_wheel(wheel, "onnxruntime-gpu", wheels, {})
     prefix = tmp_path / "prefix"
-    run("--prefix", str(prefix), "--board", "jetson", "--wheels", str(wheels))
+    # the Python the wheels were fetched for: on the 3.13 run, a Python not the distribution's, as JetPack 6's
+    run("--prefix", str(prefix), "--board", "jetson", "--wheels", str(wheels), "--python", str(Path(sys.executable).resolve()),
+        timeout=1500)
     venv = prefix / "opt/edged/venv/bin/python"
     listed = subprocess.run([str(venv), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
                             check=True).stdout
