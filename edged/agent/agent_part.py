@@ -65,7 +65,7 @@ class AgentPart:
         self._memory = AgentMemory({name: trackers_for(camera.rules, []) for name, camera in settings.cameras.items()})
         self._requests = AgentRequests(self._memory, self._queue, self._stop, lambda: self._settings,
                                        list(capture.cameras), lambda *event: self.publish(*event),
-                                       settle=self._refresh_figures)
+                                       settle=self._refresh_figures, rule_states=lambda: self._figures.rules)
         self._periods = TaskPeriods()
         self._scheduled: set[tuple[str, str]] = set()
         self.engine: Engine | None = None
@@ -75,7 +75,8 @@ class AgentPart:
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
-        self._figures = InferenceFigures()
+        self._figures = InferenceFigures(rules={name: [t.state() for t in trackers]
+                                                for name, trackers in self._memory.trackers.items()})
         """The agent's part of the status, replaced by the inference thread after each job."""
 
     # -- the lifecycle (main thread) -------------------------------------------------------

@@ -1,5 +1,6 @@
 """The agent's side of the bus's requests, dispatched by their schema model. ``handle`` runs
-on the bus thread: rules.list and snapshot are answered there, from the agent's memory;
+on the bus thread: rules.list and snapshot are answered there, from what the inference thread
+last published (frames and detections in the agent's memory, rule states in its status);
 every other request becomes a job in the queue's ask share, and its work, below, runs on the
 inference thread, which owns the engine and every state."""
 
@@ -28,6 +29,7 @@ from edged.bus.schema import (
     Provenance,
     Request,
     RuleConfig,
+    RuleState,
     RulesListRequest,
     RulesSetRequest,
     SessionsDropRequest,
@@ -44,11 +46,14 @@ log = structlog.get_logger()
 class AgentRequests:
     def __init__(self, memory: AgentMemory, queue: JobQueue, stopping: threading.Event,
                  settings: Callable[[], AgentSettings], cameras: Collection[str],
-                 publish: Callable[[str, str | None, BaseModel], None], settle: Callable[[], None]) -> None:
+                 publish: Callable[[str, str | None, BaseModel], None], settle: Callable[[], None],
+                 rule_states: Callable[[], dict[str, list[RuleState]]]) -> None:
         """``settle``: brings the agent's status up to date; it runs before each final reply, so
-        a client that asks for the status next sees what its request did."""
+        a client that asks for the status next sees what its request did. ``rule_states``: the
+        rules as that status last had them, what the bus thread reads of them."""
         self._memory, self._queue, self._stopping = memory, queue, stopping
         self._settings, self._cameras, self._publish, self._settle = settings, cameras, publish, settle
+        self._rule_states = rule_states
         self._engine: Engine | None = None
         self._tasks: FrameTasks | None = None
         self._sessions: SessionStore | None = None
@@ -76,8 +81,8 @@ class AgentRequests:
             self._queue.put(ASK, partial(self._answer, work, request, respond), deadline)
 
     def _rules_list(self, request: RulesListRequest, respond: Responder) -> None:
-        respond.final({name: [t.state().model_dump() for t in trackers]
-                       for name, trackers in self._memory.trackers.items() if request.camera in (None, name)})
+        respond.final({name: [state.model_dump() for state in states]
+                       for name, states in self._rule_states().items() if request.camera in (None, name)})
 
     def _snapshot(self, request: SnapshotRequest, respond: Responder) -> None:
         camera = request.camera
@@ -90,8 +95,7 @@ class AgentRequests:
             return
         detection = self._memory.detections.get(camera)
         objects = detection.objects if detection and detection.provenance.frame_seq == frame.seq else []
-        rules = [t.state() for t in self._memory.trackers.get(camera, [])]
-        respond.final(snapshot(frame, objects, rules, request.format))
+        respond.final(snapshot(frame, objects, self._rule_states().get(camera, []), request.format))
 
     # -- the inference thread --------------------------------------------------------------------
 
