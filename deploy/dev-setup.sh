@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
         --python) PYTHON="$2"; shift 2 ;;
         --venv) VENV="$2"; shift 2 ;;
         --without-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "dev-setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -27,7 +27,7 @@ PURGE=0
 APT=1
 CHANGES=0
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; cat <<'EOF'
 
 options:
   --board auto|rpi|jetson|generic   what to install for (auto: read the device tree)
