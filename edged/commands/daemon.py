@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edged.commands.options import CONFIG_HELP, CommandFailed, load_for_command
+from edged.commands.options import CONFIG_HELP, CommandFailed, config_overrides, load_for_command
 from edged.config import EX_CONFIG
 
 RUN_DESCRIPTION = """\
@@ -71,7 +71,6 @@ def usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edged.commands.options import config_overrides
     from edged.service import serve
 
     return serve(args.config, config_overrides(args))
