@@ -159,18 +159,19 @@ class Client:
         """Send one request; yield its replies until the final one. TimeoutError if the
         daemon says nothing for ``timeout`` seconds."""
         request_id = uuid.uuid4().hex
-        size = len(json.dumps(fields, default=str))
-        if size > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
-            raise BusError("too_large", f"request of {size} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
-        if op not in OPS:
-            raise BusError("unknown_op", f"{op!r} is not one of {', '.join(OPS)}")
         try:  # built through the schema's request models, so what the daemon would refuse is refused here
+            if op not in OPS:
+                raise BusError("unknown_op", f"{op!r} is not one of {', '.join(OPS)}")
             message = REQUEST.validate_python({"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields})
-        except ValidationError as error:
+        except (BusError, ValidationError) as error:
+            _refuse_if_too_large(len(json.dumps(fields, default=str)))  # the transport's limit is said first
+            if isinstance(error, BusError):
+                raise
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"][1:])
             raise BusError("bad_request", f"{op}: {where + ': ' if where else ''}{first['msg']}") from None
         payload = message.model_dump_json(exclude_none=True).encode()
+        _refuse_if_too_large(len(payload))
         self._socket.send(payload)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -216,6 +217,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refuse_if_too_large(size: int) -> None:
+    if size > TRANSPORT_MAX_BYTES:  # ZeroMQ would drop the connection, and no reply could come
+        raise BusError("too_large", f"request of {size} bytes; the bus carries at most {TRANSPORT_MAX_BYTES}")
 
 
 class AnswerStream:
