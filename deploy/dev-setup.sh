@@ -37,13 +37,15 @@ done
 # (plugins-bad: h264parse; libav: avdec_h264) and the test sources. For the tests only: a real
 # RTSP server (gst-rtsp-server) streaming H.264 from x264enc (plugins-ugly); python3-numexpr, a
 # Debian-built C extension using numpy's C API (the venv must keep the numpy it was built
-# against); gcc, pkg-config and the -dev packages, for install.sh's tests with another Python.
+# against); mosquitto, the broker the MQTT door's tests start; gcc, pkg-config and the -dev
+# packages, for install.sh's tests with another Python.
 read -r -a PYTHON_PACKAGES <<<"$(python_packages "$PYTHON" | tr '\n' ' ')"
 APT_PACKAGES=("${PYTHON_PACKAGES[@]}" python3 python3-venv python3-dev python3-numpy python3-numexpr
               gcc pkg-config libgirepository1.0-dev libcairo2-dev libsystemd-dev systemd util-linux
               python3-systemd python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-tools
               gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
-              debootstrap gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 qemu-user-static binfmt-support)
+              debootstrap gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 qemu-user-static binfmt-support
+              mosquitto)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -30,7 +30,7 @@ from edged.agent.rules import RuleTracker, trackers_for
 from edged.agent.scheduler import CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
 from edged.agent.tasks import Cancelled, FrameTasks
 from edged.bus.schema import ErrorEvent, InferenceFigures, Request
-from edged.bus.server import Responder
+from edged.bus.server import Respond
 from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine
@@ -124,7 +124,7 @@ class AgentPart:
 
     # -- the bus thread ----------------------------------------------------------------------
 
-    def handle(self, request: Request, respond: Responder) -> None:
+    def handle(self, request: Request, respond: Respond) -> None:
         self._requests.handle(request, respond)
 
     def status_figures(self) -> InferenceFigures:

@@ -21,7 +21,9 @@ from edged.agent.rules import RuleTracker
 from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleConfig, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
-from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn
+from edged.engine.generation import Generation
+from edged.engine.prompt_format import ANSWER, USER_IMAGE, conversation, rule_question, system_turn
+from edged.engine.sampling import SamplingOptions
 from edged.engine.state import State
 from edged.engine.store import PrefixStore
 
@@ -81,11 +83,25 @@ class FrameTasks:
 
     def read(self, frame: Frame) -> ReadFrame:
         """The frame's state: the system prompt's state forked and extended with the image."""
-        state = self._prefix.fork()
-        self.engine.extend_prompt(state, USER_IMAGE, [self.engine.fit_to_grid(frame.rgb)])
         provenance = Provenance(frame_seq=frame.seq, frame_ts=round(frame.wall, 3), frame_hash=frame.hash,
                                 model=self.engine.fingerprint[:16], prompt_version=self.prompt_version)
-        return ReadFrame(frame, state, provenance)
+        return ReadFrame(frame, self.read_picture(frame.rgb), provenance)
+
+    def read_picture(self, rgb: np.ndarray) -> State:
+        """The system prompt's state extended with a picture, in a user turn left open for its text."""
+        state = self._prefix.fork()
+        self.engine.extend_prompt(state, USER_IMAGE, [self.engine.fit_to_grid(rgb)])
+        return state
+
+    def after_system_prompt(self) -> State:
+        """A fork of the system prompt's state, for a conversation without a picture."""
+        return self._prefix.fork()
+
+    def read_turns(self, state: State, turns: list[tuple[str, str]], user_turn_open: bool) -> None:
+        """Earlier turns of a conversation, (role, text) pairs, read into ``state`` as if it had
+        held them: after them the state is as a generated answer leaves it, ready for a follow-up."""
+        if turns:
+            self.engine.extend_prompt(state, conversation(turns, user_turn_open))
 
     def rule_probability(self, read: ReadFrame, rule: RuleConfig) -> float:
         """P(yes) for the rule's condition on this frame: one extend, no generation."""
@@ -125,9 +141,15 @@ class FrameTasks:
                  schema: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> str:
         """The user turn ``prompt`` on top of ``state`` and the model's answer to it; the
         state follows along. Raises ``Cancelled`` when ``cancel`` is set."""
+        options = GenerationOptions(max_tokens=max_tokens, json_schema=schema)
+        return self.answer(state, prompt, options, on_text, cancel).text.strip()
+
+    def answer(self, state: State, prompt: str, options: GenerationOptions,
+               on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Generation:
+        """As ``generate``, with every generation option, and the whole outcome."""
         started = time.perf_counter()
         self.engine.extend_prompt(state, f"{prompt}{ANSWER}")
-        generation = self.engine.generate(state, GenerationOptions(max_tokens=max_tokens, json_schema=schema), cancel)
+        generation = self.engine.generate(state, options, cancel)
         first = None
         for _, piece in generation:
             first = first or time.perf_counter()
@@ -140,7 +162,13 @@ class FrameTasks:
             self.figures.ttft_ms = round((first - started) * 1000, 1)
             if len(generation.tokens) > 1 and finished > first:
                 self.figures.tokens_per_s = round((len(generation.tokens) - 1) / (finished - first), 1)
-        return generation.text.strip()
+        return generation
+
+
+def generation_options(max_tokens: int, temperature: float = 0.0, stop: list[str] | None = None,
+                       schema: dict[str, Any] | None = None) -> GenerationOptions:
+    return GenerationOptions(max_tokens=max_tokens, stop=tuple(stop or ()),
+                             sampling=SamplingOptions(temperature=temperature), json_schema=schema)
 
 
 class Cancelled(Exception):

@@ -9,6 +9,7 @@ from typing import Protocol
 import structlog
 
 from edged.bus.bus_settings import BusConfig
+from edged.bus.local import LocalBus
 from edged.bus.schema import CameraStatus, InferenceFigures, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
 from edged.parts import ProgressMonitor
@@ -37,6 +38,8 @@ class BusPart:
         pulse = monitor.register(self.name)
         self.server = BusServer(settings.bus, handler or Unavailable(), self.status, pulse=pulse,
                                 beat_every=monitor.beat_every)
+        self.local = LocalBus(self.server, handler or Unavailable(), self.status)
+        """The bus for the doors inside the daemon (MQTT, HTTP): the same events and operations."""
 
     def start(self) -> None:
         self.server.start()

@@ -61,10 +61,14 @@ class Description(_Model):
 
 class Answer(_Model):
     request_id: str
-    session: str | None = None
+    session: str | None = Field(None, description="the conversation this answer is saved under, if any")
     text: str
     partial: bool = False
     provenance: Provenance = Field(default_factory=Provenance)
+    finish_reason: Literal["stop", "length"] | None = Field(
+        None, description="stop: the model ended its answer, or a stop string did; length: max_tokens ended it")
+    prompt_tokens: int | None = Field(None, description="tokens the model had read before answering")
+    completion_tokens: int | None = Field(None, description="tokens of the answer")
 
 
 class RuleState(_Model):
@@ -222,6 +226,13 @@ def _partial(model: type[_Model], name: str, doc: str) -> type[_Model]:
 RuleSpec = _partial(RuleConfig, "RuleSpec", "A rule as rules.set gives it; omitted thresholds take the config's defaults.")
 
 
+class Turn(_Model):
+    """One earlier turn of a conversation, as text."""
+
+    role: Literal["user", "assistant"]
+    text: str = Field(max_length=20000)
+
+
 class AskRequest(_Request):
     op: Literal["ask"] = "ask"
     question: str = Field(min_length=1, max_length=4000)
@@ -229,13 +240,36 @@ class AskRequest(_Request):
     frame_seq: int | None = Field(
         None, ge=0, description="ask about this frame of the camera (an event's provenance.frame_seq) instead "
         "of the newest; the agent keeps the last [agent] frames_kept frames")
+    image: str | None = Field(
+        None, description="ask about this picture (JPEG or PNG, base64) instead of a camera's frame")
+    without_picture: bool = Field(False, description="ask the model alone: no camera frame, no picture")
     session: str | None = Field(None, max_length=128, description="continue this conversation")
+    history: list[Turn] = Field(
+        default_factory=list, max_length=64,
+        description="the conversation's earlier turns, user first, alternating, an assistant turn last: read after "
+        "the picture, unless a state remembered by content already holds them (remember)")
+    remember: bool = Field(
+        False, description="keep the conversation's state under a name made from its content (picture, turns, this "
+        "answer), so that a later ask carrying it as history continues it instead of reading it again; the "
+        "answer's session field gives the name")
     max_tokens: int = Field(256, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0, le=2, description="0: the most likely token each step; above 0: sampled")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=4, description="strings that end the answer (not included in it)")
+    json_schema: dict[str, Any] | None = Field(None, description="the answer is JSON valid against this schema")
 
     @model_validator(mode="after")
-    def _frame_needs_camera(self) -> AskRequest:
+    def _one_picture(self) -> AskRequest:
         if self.frame_seq is not None and self.camera is None:
             raise ValueError("frame_seq names a frame of one camera: give camera too")
+        pictures = [self.camera is not None, self.image is not None, self.without_picture]
+        if sum(pictures) > 1:
+            raise ValueError("camera, image and without_picture each say what the question is about: give one")
+        if self.session is not None and (self.history or self.remember):
+            raise ValueError("session names a conversation; history and remember find one by its content: not both")
+        if self.history and (self.history[0].role != "user" or self.history[-1].role != "assistant"
+                             or any(a.role == b.role for a, b in zip(self.history, self.history[1:]))):
+            raise ValueError("history: turns alternate, the user's first and the assistant's last")
         return self
 
 
@@ -264,6 +298,8 @@ class RulesSetRequest(_Request):
 class SnapshotRequest(_Request):
     op: Literal["snapshot"] = "snapshot"
     camera: CameraName
+    frame_seq: int | None = Field(
+        None, ge=0, description="this kept frame (an event's provenance.frame_seq) instead of the newest")
     format: Literal["jpeg", "png"] = "jpeg"
 
 

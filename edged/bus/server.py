@@ -49,16 +49,29 @@ class Responder:
         self._server._post(("reply", self._key, False, False, None, ErrorInfo(code=code, message=message)))
 
 
+class Respond(Protocol):
+    """How a request is answered, whichever door it came through (the bus's Responder, or
+    edged.bus.local's for MQTT and HTTP)."""
+
+    def partial(self, data: Any) -> None: ...
+    def final(self, data: Any = None) -> None: ...
+    def error(self, code: str, message: str) -> None: ...
+
+
 class RequestHandler(Protocol):
     """The agent's side of the bus: it must return quickly and answer through ``respond``."""
 
-    def handle(self, request: Request, respond: Responder) -> None: ...
+    def handle(self, request: Request, respond: Respond) -> None: ...
+
+
+EventListener = Callable[[str, "str | None", str], None]
+"""Told of each event the bus publishes: (kind, camera, the envelope's JSON)."""
 
 
 class Unavailable:
     """Answers every model-backed op with ``unavailable`` (no agent is running)."""
 
-    def handle(self, request: Request, respond: Responder) -> None:
+    def handle(self, request: Request, respond: Respond) -> None:
         respond.error("unavailable", f"'{request.op}' needs the agent, which is not running in this daemon")
 
 
@@ -106,6 +119,7 @@ class BusServer:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._gate: CurveGate | None = None
+        self._listeners: list[EventListener] = []
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -128,6 +142,10 @@ class BusServer:
         if kind not in EVENT_DATA:
             raise ValueError(f"unknown event kind {kind!r}")
         self._post(("event", kind, camera, data.model_dump_json()))
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Tell ``listener`` of every event from now on (on the bus thread; it must not block)."""
+        self._listeners = [*self._listeners, listener]
 
     def reload_allow_list(self) -> None:
         """Read the CURVE allow-list folder again (on the bus thread, soon)."""
@@ -287,6 +305,11 @@ class BusServer:
         envelope = f'{head}{seq},"ts":{time.time()!r}{middle}{data_json}}}'
         events.send(name, zmq.SNDMORE)
         events.send(envelope.encode(), copy=False)
+        for listener in self._listeners:
+            try:
+                listener(kind, camera, envelope)
+            except Exception:  # a door's bug must not stop the bus
+                log.exception("event listener failed", kind=kind)
 
     def _deliver(self, events: zmq.Socket, control: zmq.Socket, item: tuple) -> None:
         if item[0] == "event":

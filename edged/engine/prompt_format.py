@@ -30,3 +30,16 @@ def follow_up(question: str, answer_closed: bool) -> str:
     """The next user turn of a conversation whose last answer ended with its end-of-turn token
     (``answer_closed``) or was cut short by max_tokens, which leaves the turn to close here."""
     return f"{'' if answer_closed else '<|im_end|>'}\n{user_turn(question)}"
+
+
+def conversation(turns: list[tuple[str, str]], user_turn_open: bool) -> str:
+    """Earlier (role, text) turns, user first, ending with the assistant's, written as a state
+    holds them after answering: each answer closed by its end-of-turn token. ``user_turn_open``:
+    the first user turn is already open (a picture was read into it)."""
+    pieces = []
+    for index, (role, text) in enumerate(turns):
+        if role == "user":
+            pieces.append(text if index == 0 and user_turn_open else ("\n" if index else "") + user_turn(text))
+        else:
+            pieces.append(f"{ANSWER}{text}<|im_end|>")
+    return "".join(pieces)
