@@ -17,6 +17,7 @@ from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -28,6 +29,9 @@ from edged.notify import SystemdNotifier, watchdog_interval
 from edged.parts import Part, PartsFactory, ProgressMonitor, StartRefused
 from edged.settings import CameraConfig, Settings, load_config
 from edged.preflight import check_start
+
+if TYPE_CHECKING:
+    from edged.bus.bus_part import BusPart
 
 log = structlog.get_logger()
 
@@ -57,7 +61,21 @@ def build_parts(settings: Settings, monitor: ProgressMonitor, model: ModelChoice
     agent = AgentPart(settings, monitor, capture, model)
     bus = BusPart(settings, monitor, handler=agent, cameras=capture.statuses, figures=agent.status_figures)
     agent.publish = bus.server.publish
-    return [bus, capture, agent]
+    return [bus, *doors(settings, monitor, bus), capture, agent]
+
+
+def doors(settings: Settings, monitor: ProgressMonitor, bus: BusPart) -> list[Part]:
+    """The doors beyond the ZeroMQ bus that the config enables: views of the same events and
+    operations. They start after the bus and before the agent, so they stop after it too and
+    can tell their clients of its last answers."""
+    enabled: list[Part] = []
+    if settings.mqtt.enabled:
+        from edged.mqtt.mqtt_part import MqttPart
+
+        mqtt = MqttPart(settings, monitor, bus.local)
+        bus.doors[mqtt.name] = mqtt.door_state
+        enabled.append(mqtt)
+    return enabled
 
 
 def with_embedded_demo(loaded: LoadedConfig) -> LoadedConfig:

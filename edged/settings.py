@@ -17,6 +17,7 @@ from edged.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX
 from edged.engine.state_settings import StateConfig
 from edged.logs import LogConfig
 from edged.models.model_settings import ModelConfig
+from edged.mqtt.mqtt_settings import MqttConfig
 
 
 class CameraConfig(CameraTasksConfig, CaptureConfig):
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     bus: BusConfig = Field(default_factory=BusConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     cameras: dict[CameraName, CameraConfig] = Field(default_factory=dict)
 
     @classmethod

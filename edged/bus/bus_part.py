@@ -10,7 +10,7 @@ import structlog
 
 from edged.bus.bus_settings import BusConfig
 from edged.bus.local import LocalBus
-from edged.bus.schema import CameraStatus, InferenceFigures, Status
+from edged.bus.schema import CameraStatus, DoorState, InferenceFigures, Status
 from edged.bus.server import BusServer, RequestHandler, Unavailable
 from edged.parts import ProgressMonitor
 
@@ -38,6 +38,8 @@ class BusPart:
         pulse = monitor.register(self.name)
         self.server = BusServer(settings.bus, handler or Unavailable(), self.status, pulse=pulse,
                                 beat_every=monitor.beat_every)
+        self.doors: dict[str, Callable[[], DoorState]] = {}
+        """Each door's state, for status (the doors add themselves)."""
         self.local = LocalBus(self.server, handler or Unavailable(), self.status)
         """The bus for the doors inside the daemon (MQTT, HTTP): the same events and operations."""
 
@@ -60,5 +62,6 @@ class BusPart:
         """Each part's own figures, as its last snapshot has them (this runs on the bus thread)."""
         return Status(
             uptime_s=round(time.monotonic() - self._started, 1), cameras=self._cameras(),
-            requests_busy=self.server.busy_refusals, detail=self._monitor.detail, **dict(self._figures()),
+            requests_busy=self.server.busy_refusals, detail=self._monitor.detail,
+            doors={name: state() for name, state in self.doors.items()}, **dict(self._figures()),
         )

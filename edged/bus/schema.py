@@ -104,11 +104,19 @@ class InferenceFigures(_Model):
     sessions: int | None = Field(None, description="conversations held in memory")
 
 
+class DoorState(_Model):
+    """How a door beyond the bus (MQTT, HTTP) is doing."""
+
+    state: Literal["starting", "connecting", "connected", "reconnecting", "refused", "listening", "failed"]
+    detail: str = Field("", description="where it is connected or listening, or why not")
+
+
 class Status(InferenceFigures):
     """The daemon's status: the bus's own figures, each camera's report, and the agent's."""
 
     uptime_s: float
     cameras: dict[str, CameraStatus] = Field(default_factory=dict)
+    doors: dict[str, DoorState] = Field(default_factory=dict, description="the MQTT and HTTP doors that are enabled")
     requests_busy: int = Field(0, description="requests refused as busy since start")
     detail: str = Field("", description="the daemon's status line, as systemd shows it")
 
