@@ -75,6 +75,12 @@ def doors(settings: Settings, monitor: ProgressMonitor, bus: BusPart) -> list[Pa
         mqtt = MqttPart(settings, monitor, bus.local)
         bus.doors[mqtt.name] = mqtt.door_state
         enabled.append(mqtt)
+    if settings.http.enabled:
+        from edged.http.http_part import HttpPart
+
+        http = HttpPart(settings, monitor, bus.local)
+        bus.doors[http.name] = http.door_state
+        enabled.append(http)
     return enabled
 
 

@@ -18,6 +18,7 @@ from edged.engine.state_settings import StateConfig
 from edged.logs import LogConfig
 from edged.models.model_settings import ModelConfig
 from edged.mqtt.mqtt_settings import MqttConfig
+from edged.http.http_settings import HttpConfig
 
 
 class CameraConfig(CameraTasksConfig, CaptureConfig):
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     cameras: dict[CameraName, CameraConfig] = Field(default_factory=dict)
 
     @classmethod

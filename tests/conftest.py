@@ -160,6 +160,13 @@ def wait_until(condition, timeout: float = 30, what: str = "the condition") -> N
         time.sleep(0.05)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def needs_root() -> None:
     """Skip on a developer's machine without root; CI runs as root, where this never skips."""
     if os.geteuid() != 0:

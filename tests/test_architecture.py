@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"edged.models"},                      # model packages at run time
     {"edged.engine", "edged.capture"},     # the leaves: they know nothing of bus, agent or cli
     {"edged.bus"},
-    {"edged.agent", "edged.client", "edged.mqtt"},
+    {"edged.agent", "edged.client", "edged.mqtt", "edged.http"},
     # the top: the settings joined, the lifecycle, the commands, and the tools
     {"edged.settings", "edged.preflight", "edged.service", "edged.commands", "edged.cli", "edged.__main__",
      "edged.recipe", "edged.bench"},

@@ -180,6 +180,9 @@ class AgentRequests:
             digest = hashlib.sha256(rgb.tobytes()).hexdigest()[:16]
             return tasks.read_picture(rgb), Provenance(frame_hash=digest, model=engine.fingerprint[:16],
                                                        prompt_version=tasks.prompt_version)
+        if request.camera is not None and request.camera not in self._cameras:
+            respond.error("not_found", f"no camera {request.camera}; cameras: {', '.join(self._cameras) or 'none'}")
+            return None
         if request.frame_seq is not None:
             named = self._memory.kept(request.camera, request.frame_seq)
             read = self._memory.read(named, tasks) if named is not None else None

@@ -62,7 +62,7 @@ class CameraCapture:
     def status(self) -> CameraStatus:
         last = self._last_frame_at
         return CameraStatus(state=self.state, last_error=self.last_error, fps=round(self._fps, 1),  # type: ignore[arg-type]
-                            drops=self.mailbox.drops,
+                            frames=self.mailbox.frames, drops=self.mailbox.drops,
                             last_frame_age_s=None if last is None else round(time.monotonic() - last, 1))
 
     def _open(self) -> FrameSource:

@@ -14,5 +14,6 @@ class CameraStatus(BaseModel):
         description="online once a frame has arrived since the source was (re)opened")
     last_error: str | None = None
     fps: float = 0.0
-    drops: int = 0
+    frames: int = Field(0, description="frames sent on to the model since start")
+    drops: int = Field(0, description="of those, frames replaced by a newer one before the model took them")
     last_frame_age_s: float | None = Field(None, description="seconds since the source's last frame; null before the first")

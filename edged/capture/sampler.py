@@ -19,6 +19,8 @@ class FrameMailbox:
         self._frame: Frame | None = None
         self._ready = threading.Condition()
         self.drops = 0
+        self.frames = 0
+        """Frames put since start: those the sampler sent on to the model."""
         self.on_put: Callable[[], None] = lambda: None
         """Called after each frame is put: how a consumer that waits on more than one mailbox
         (the agent's inference thread) is woken, rather than polling them."""
@@ -27,6 +29,7 @@ class FrameMailbox:
         with self._ready:
             if self._frame is not None:
                 self.drops += 1
+            self.frames += 1
             self._frame = frame
             self._ready.notify_all()
         self.on_put()
