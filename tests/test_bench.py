@@ -30,6 +30,15 @@ def test_bench_bus_runs_and_reports_every_figure() -> None:
         assert report[key] > 0, key
 
 
+def test_bench_integrations_runs_against_a_real_broker_and_reports_every_figure() -> None:
+    result = edged("bench", "integrations", "--messages", "2000", "--asks", "100", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("mqtt_msg_s", "raw_paho_msg_s", "mqtt_ratio", "http_ask_p50_ms", "http_ask_p99_ms"):
+        assert report[key] > 0, key
+    assert "mosquitto" in report["broker"]
+
+
 def test_bench_capture_runs_and_reports_every_camera() -> None:
     result = edged("bench", "capture", "--seconds", "0.5", "--json", timeout=120)
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import queue
 import threading
 import time
 from typing import Protocol
@@ -45,6 +46,8 @@ class HttpPart:
         self._beat_every = monitor.beat_every
         self.metrics = DaemonMetrics(bus.status)
         self._hub = api.EventHub()
+        self._events: queue.SimpleQueue[tuple[str, str | None, str]] = queue.SimpleQueue()
+        self._dispatch_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
@@ -89,14 +92,24 @@ class HttpPart:
 
     def _on_event(self, kind: str, camera: str | None, envelope: str) -> None:
         loop = self._loop
-        if loop is not None and self.state.state == "listening":
-            loop.call_soon_threadsafe(self._dispatch, kind, camera, envelope)
+        if loop is None or self.state.state != "listening":
+            return
+        self._events.put((kind, camera, envelope))
+        if not self._dispatch_pending:  # one wake-up of the event loop per batch, not per event
+            self._dispatch_pending = True
+            loop.call_soon_threadsafe(self._dispatch)
 
     # -- the door's thread -----------------------------------------------------------------------
 
-    def _dispatch(self, kind: str, camera: str | None, envelope: str) -> None:
-        self.metrics.observe_event(kind, envelope)
-        self._hub.publish(kind, camera, envelope)
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False  # before draining: an event put after this schedules another pass
+        while True:
+            try:
+                kind, camera, envelope = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self.metrics.observe_event(kind, envelope)
+            self._hub.publish(kind, camera, envelope)
 
     def _make_app(self, token: str | None) -> web.Application:
         app = web.Application(middlewares=[_errors, _bearer(token)],

@@ -1,5 +1,6 @@
-"""The MQTT door: one thread owns the paho client and its socket (paho's external-loop API), so
-it alone connects, reconnects with backoff, and publishes.
+"""The MQTT door. Its thread owns the door's state: it connects (and so knows why a connection
+failed), reconnects with backoff, and publishes; paho's own network thread moves the bytes
+while a connection lasts, and its callbacks only hand what they saw to the door's thread.
 
 What it publishes (topics.py): availability, with a last will so a dead daemon reads
 ``offline``; every bus event, its envelope as the bus has it; retained states for Home
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import queue
-import select
 import ssl
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -40,6 +39,8 @@ from edged.parts import ProgressMonitor
 
 log = structlog.get_logger()
 
+STATEFUL_KINDS = frozenset({"rule", "description", "status"})
+"""Events that also change a retained state the door keeps (and sends again on reconnect)."""
 HA_STATE_MAX = 255
 """Home Assistant refuses a sensor state longer than this."""
 INBOX_LIMIT = 10_000
@@ -76,15 +77,14 @@ class MqttPart:
         self.topics = Topics.of(config, bus.device)
         self._pulse = monitor.register(self.name)
         self._beat_every = monitor.beat_every
-        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(INBOX_LIMIT)
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.events_dropped = 0
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._pulse.guard(self._run), name="mqtt", daemon=True)
         self.state = DoorState(state="starting", detail=f"{config.host}:{config.broker_port}")
         self._client: paho.Client | None = None
+        self._link = False
+        """A connection is open (paho's network thread runs), whether or not the broker accepted it."""
         self._connected = False
         self._backoff = config.reconnect_min_s
         self._next_attempt = 0.0
@@ -94,6 +94,7 @@ class MqttPart:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._discovery: Payloads = {}
         self._snapshot_seq: dict[str, int] = {}
+        self._routes: dict[tuple[str, str | None], tuple[str, int]] = {}
         self._next_snapshot = 0.0
         self.published = 0
         bus.subscribe(self._on_event)
@@ -106,10 +107,8 @@ class MqttPart:
 
     def stop(self, deadline: float) -> None:
         self._stopping.set()
-        self._wake()
+        self._inbox.put(("stop",))
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        os.close(self._wake_read)
-        os.close(self._wake_write)
 
     def apply(self, settings: MqttSettings) -> None:
         """Every [mqtt] key needs a restart (the lifecycle says so); rules and cameras that
@@ -124,25 +123,36 @@ class MqttPart:
     # -- the bus thread ----------------------------------------------------------------------
 
     def _on_event(self, kind: str, camera: str | None, envelope: str) -> None:
-        self._hand_over(("event", kind, camera, envelope))
+        if kind in STATEFUL_KINDS or not self._connected:
+            self._hand_over(("event", kind, camera, envelope))
+            return
+        # An event that changes no retained state goes straight to paho (whose publish is made
+        # for calling from any thread, and never waits on the network): no hop through the door's
+        # thread, which matters at hundreds of events a second on a two-core board.
+        key = (kind, camera)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = (self.topics.event(kind, camera), getattr(self._config.qos, kind, 0))
+        self._client.publish(route[0], envelope, qos=route[1])
 
-    # -- any thread ------------------------------------------------------------------------
+    # -- any thread (the bus's, paho's, the inference thread's) ---------------------------------
 
     def _hand_over(self, item: tuple[Any, ...]) -> None:
-        try:
-            self._inbox.put_nowait(item)
-        except queue.Full:
+        if self._inbox.qsize() >= INBOX_LIMIT:
             self.events_dropped += 1
             return
-        self._wake()
+        self._inbox.put(item)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (the thread is awake anyway) or closed (stopping)
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._hand_over(("connack", reason))
 
-    # -- the MQTT thread ---------------------------------------------------------------------
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._hand_over(("disconnected", reason))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._hand_over(("message", message))
+
+    # -- the door's thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -165,6 +175,8 @@ class MqttPart:
     def _make_client(self) -> paho.Client:
         config = self._config
         protocol = MQTTProtocolVersion.MQTTv5 if config.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        # reconnect_on_failure=False: paho's thread ends with its connection, and this door
+        # connects again itself, so that it can say why each attempt failed.
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id or f"edged-{self._device}",
                              protocol=protocol, reconnect_on_failure=False)
         if config.username is not None:
@@ -182,32 +194,41 @@ class MqttPart:
         return client
 
     def _step(self) -> None:
-        client = self._client
         now = time.monotonic()
-        if client.socket() is None and now >= self._next_attempt:
+        if not self._link and now >= self._next_attempt:
             self._connect()
-        sock = client.socket()
-        readable = [self._wake_read] + ([sock] if sock is not None else [])
-        writable = [sock] if sock is not None and client.want_write() else []
         wait = self._beat_every
-        if sock is None:
+        if not self._link:
             wait = min(wait, max(0.0, self._next_attempt - now))
         if self._pending:
             wait = min(wait, max(0.0, min(p.deadline for p in self._pending.values()) - now))
-        ready, ready_to_write, _ = select.select(readable, writable, [], wait)
-        if sock is not None and sock in ready and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._lost()
-        if client.socket() is not None and sock in ready_to_write:
-            client.loop_write()
-        if client.socket() is not None and client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._lost()
-        if self._wake_read in ready:
-            self._drain_wakeups()
-        self._drain_inbox()
+        try:
+            item: tuple[Any, ...] | None = self._inbox.get(timeout=wait)
+        except queue.Empty:
+            item = None
+        while item is not None:
+            self._take(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                item = None
         self._expire(time.monotonic())
         if self._connected and self._config.snapshot_every_s and time.monotonic() >= self._next_snapshot:
             self._next_snapshot = time.monotonic() + self._config.snapshot_every_s
             self._publish_snapshots()
+
+    def _take(self, item: tuple[Any, ...]) -> None:
+        what = item[0]
+        if what == "event":
+            self._forward_event(*item[1:])
+        elif what == "reply":
+            self._send_reply(*item[1:])
+        elif what == "message":
+            self._receive(item[1])
+        elif what == "connack":
+            self._accepted(item[1])
+        elif what == "disconnected":
+            self._lost(str(item[1]))
 
     def _connect(self) -> None:
         config = self._config
@@ -216,6 +237,9 @@ class MqttPart:
             self._client.connect(config.host, config.broker_port, config.keepalive_s)
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError: a bad certificate lands here
             self._retry_later(_reason(error))
+            return
+        self._link = True
+        self._client.loop_start()
 
     def _retry_later(self, reason: str, state: str = "reconnecting") -> None:
         wait = self._backoff
@@ -223,14 +247,18 @@ class MqttPart:
         self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
         self._set_state(state, f"{reason}; next attempt in {wait:g} s")
 
-    def _lost(self) -> None:
-        if self._client.socket() is not None:
-            self._client._sock_close()  # paho leaves a socket it failed to read open in external-loop mode
-        if self._connected or self.state.state in ("connecting", "connected"):
-            self._connected = False
-            self._retry_later(self.state.detail if self.state.state == "refused" else "connection lost")
+    def _lost(self, reason: str) -> None:
+        """paho's thread has ended with its connection: connect again after the backoff."""
+        self._client.loop_stop()
+        self._link = self._connected = False
+        if self._stopping.is_set():
+            return
+        if self.state.state == "refused":
+            return  # the refusal said why, and scheduled the next attempt
+        self._retry_later(f"connection lost ({reason})")
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _accepted(self, reason: Any) -> None:
+        client = self._client
         if reason.is_failure:
             self._connected = False
             self._retry_later(f"the broker refused the connection: {reason}", state="refused")
@@ -250,16 +278,11 @@ class MqttPart:
             client.subscribe(own_configs(self._config.discovery_prefix, self._device), qos=1)
         self._next_snapshot = 0.0
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        was_connected, self._connected = self._connected, False
-        if was_connected and not self._stopping.is_set():
-            self._retry_later(f"disconnected: {reason}")
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+    def _receive(self, message: paho.MQTTMessage) -> None:
         if message.topic == self.topics.request:
             self._take_request(message)
         elif message.retain and message.payload and message.topic not in self._discovery:
-            client.publish(message.topic, b"", qos=1, retain=True)  # an entity of an earlier run that is gone
+            self._client.publish(message.topic, b"", qos=1, retain=True)  # an entity of an earlier run that is gone
             log.info("home assistant entity removed", topic=message.topic)
 
     def _set_state(self, state: str, detail: str) -> None:
@@ -272,24 +295,6 @@ class MqttPart:
             if self._logged_reason is not None:
                 log.info("mqtt connected again", broker=detail)
             self._logged_reason = None
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _drain_inbox(self) -> None:
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item[0] == "event":
-                self._forward_event(*item[1:])
-            else:
-                self._send_reply(*item[1:])
 
     # -- events and states -----------------------------------------------------------------
 
@@ -310,14 +315,16 @@ class MqttPart:
             self._states_from_status(status)
             return
         self._publish(self.topics.event(kind, camera), envelope, qos)
+        if kind not in ("rule", "description") or camera is None:
+            return
         data = json.loads(envelope)["data"]
-        if kind == "rule" and camera is not None:
+        if kind == "rule":
             provenance = data["provenance"]
             self._publish(self.topics.rule(camera, data["rule"]), "ON" if data["phase"] == "begin" else "OFF", qos, retain=True)
             self._publish(self.topics.rule_attributes(camera, data["rule"]), json.dumps(
                 {"probability": data["probability"], "version": data["version"], "phase": data["phase"], **provenance}),
                 qos, retain=True)
-        elif kind == "description" and camera is not None:
+        else:
             qos = self._config.qos.description
             self._publish(self.topics.description(camera), data["text"][:HA_STATE_MAX] or "-", qos, retain=True)
             self._publish(self.topics.description_attributes(camera),
@@ -429,13 +436,12 @@ class MqttPart:
         if client is None or not self._connected:
             return
         info = client.publish(self.topics.availability, "offline", qos=1, retain=True)
-        deadline = time.monotonic() + 2.0
-        while not info.is_published() and client.socket() is not None and time.monotonic() < deadline:
-            client.loop_write()
-            client.loop_read()
+        try:
+            info.wait_for_publish(timeout=2.0)  # paho's thread sends it, and the broker acknowledges it
+        except RuntimeError:
+            pass  # the connection went meanwhile: the will says offline instead
         client.disconnect()
-        if client.socket() is not None:
-            client.loop_write()
+        client.loop_stop()
 
 
 def _reason(error: BaseException) -> str:
