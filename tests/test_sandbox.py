@@ -1,17 +1,19 @@
-"""The daemon inside what its unit lets it see: ProcSubset=pid hides /proc/meminfo and every
-other file in /proc that is not a process's; memory limits come from the cgroup."""
+"""The daemon inside what its unit lets it see: ProcSubset=pid hides /proc/meminfo, /proc/stat
+and every other file in /proc that is not a process's; memory limits come from the cgroup."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, NotifySocket, needs_root
+from conftest import REPO, TINY, NotifySocket, free_port, needs_root
 
 from edged.models.installed import available_memory_mb
 
@@ -25,12 +27,19 @@ def test_the_installed_example_config_starts_under_proc_subset_pid(
     config = tmp_path / "edged.toml"
     example = (REPO / "deploy/edged.toml").read_text()
     assert 'path = "auto"' in example  # the case that broke: "auto" reads the memory available
-    config.write_text(example.replace("[model]\n", f'[model]\nmodels_dir = "{models}"\n', 1))
+    port = free_port()
+    config.write_text(example.replace("[model]\n", f'[model]\nmodels_dir = "{models}"\n', 1)
+                      + f'\n[http]\nenabled = true\nlisten = "127.0.0.1:{port}"\n')
     inside = (f"mount -t proc -o subset=pid,hidepid=invisible proc /proc && test ! -e /proc/meminfo "
               f"&& exec {sys.executable} -m edged run --config {config}")
     daemon = start_daemon(argv=["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", inside])
     ready = notify_socket.wait_for("READY", "1", timeout=60)
     assert "model edged-tiny-vl-int4" in ready["STATUS"]
+    # The process's own metrics, read where /proc/stat is hidden (prometheus-client's own
+    # process collector needs it, and would report nothing).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        metrics = response.read().decode()
+    assert re.search(r"^process_resident_memory_bytes [0-9.e+]+$", metrics, re.MULTILINE), metrics[-2000:]
     children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split()
     os.kill(int(children[0]), signal.SIGTERM)  # the daemon itself; unshare passes on its exit status
     assert daemon.wait() == 0

@@ -6,9 +6,12 @@ capture-to-event latency is observed from each event as the bus publishes it (it
 from __future__ import annotations
 
 import json
+import os
+import resource
+import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
@@ -69,6 +72,51 @@ class StatusCollector(Collector):
         yield doors
 
 
+class ProcessFigures(Collector):
+    """The process's own figures under Prometheus' standard names. prometheus-client's
+    ProcessCollector needs /proc/stat for the boot time, which the unit's ProcSubset=pid hides,
+    and then reports nothing at all; these come from /proc/self (which stays visible) and
+    getrusage."""
+
+    def __init__(self) -> None:
+        self._started = _start_time()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                size, resident = (int(field) for field in statm.read().split()[:2])
+            yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
+                                    value=resident * self._page)
+            yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                                    value=size * self._page)
+        except OSError:
+            pass  # not Linux
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        yield GaugeMetricFamily("process_peak_resident_memory_bytes", "Most resident memory since start, in bytes.",
+                                value=usage.ru_maxrss * 1024)
+        yield CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                                  value=usage.ru_utime + usage.ru_stime)
+        yield GaugeMetricFamily("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+                                value=self._started)
+        try:
+            yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                    value=len(os.listdir("/proc/self/fd")))
+        except OSError:
+            pass
+
+
+def _start_time() -> float:
+    """When this process started, Unix seconds: /proc/self/stat's start (clock ticks after
+    boot) read against the boot clock."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
     """A gauge with no sample until there is a value (nothing measured is not zero)."""
     gauge = GaugeMetricFamily(name, documentation)
@@ -79,13 +127,12 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
 
 class DaemonMetrics:
     """The registry /metrics serves: the status's figures, event latency, and the process's own
-    (resident memory, CPU, open files; prometheus-client reads them from /proc/self, which the
-    unit's ProcSubset=pid leaves visible)."""
+    (resident memory, CPU, open files)."""
 
     def __init__(self, status: Callable[[], Status]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StatusCollector(status))
-        ProcessCollector(registry=self.registry)
+        self.registry.register(ProcessFigures())
         self._latency = Histogram("edged_capture_to_event_seconds", "From a frame's capture to the publication of "
                                   "an event about it, by kind", ["kind"], buckets=LATENCY_BUCKETS,
                                   registry=self.registry)
