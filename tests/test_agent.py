@@ -489,3 +489,25 @@ when = "Is there a person"
         received = answers.receive(timeout=30)
     assert received is not None and received.topic == "edged.answer.front"
     assert received.event.data == answer.final
+
+
+def test_an_answer_is_remembered_as_its_text_reads_so_that_a_conversation_sent_back_continues_it() -> None:
+    from conftest import TINY
+
+    from edged.agent.requests import reads_back_the_same
+    from edged.engine.engine import Engine, GenerationOptions
+    from edged.engine.generation import Generation
+    from edged.engine.prompt_format import END_OF_TURN
+
+    engine = Engine(TINY / "text-fp32")
+    end = engine.encode(END_OF_TURN)
+
+    def generated(tokens: list[int], finish: str = "eos") -> Generation:
+        return Generation(engine, engine.new_state(), GenerationOptions(), tokens=tokens, finish_reason=finish)
+
+    text = "The gate is open."
+    assert reads_back_the_same(engine, generated(engine.encode(text) + end), text)
+    split = [token for piece in ("The ga", "te is open.") for token in engine.encode(piece)]
+    assert engine.decode(split) == text and split != engine.encode(text)  # the same text, other tokens
+    assert not reads_back_the_same(engine, generated(split + end), text)
+    assert not reads_back_the_same(engine, generated(engine.encode(text), "length"), text)  # no end of turn read

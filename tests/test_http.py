@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import NotifySocket, edged, free_port, wait_until, write_config
 
 from edged.capture.sources.synthetic import synthetic_frame
+from edged.client import Client
 
 TOKEN = "test-token-0123456789"
 
@@ -106,6 +107,17 @@ def test_openai_client_asks_about_text_pictures_and_cameras_and_follow_ups_read_
     assert images_encoded(base) == 1  # the counter shows it: one picture read, for both questions
     assert follow_up.usage.prompt_tokens > answer.usage.prompt_tokens + answer.usage.completion_tokens
 
+    # Without the remembered state (dropped here over the bus), the same messages are read
+    # again, picture and all, and give the same answer: remembering is only a shortcut.
+    with Client(daemon.control, timeout=30) as bus:
+        assert bus.call("sessions.drop", session=answer.model_extra["edged"]["session"])["dropped"]
+    again = client.chat.completions.create(model="edged", max_tokens=8, messages=[
+        first_turn, {"role": "assistant", "content": answer.choices[0].message.content},
+        {"role": "user", "content": "And what colour is it?"}])
+    assert again.choices[0].message.content == follow_up.choices[0].message.content
+    assert again.usage.prompt_tokens == follow_up.usage.prompt_tokens
+    assert images_encoded(base) == 2
+
     # A camera's frame, named as docs/integrations.md says; a JSON schema holds the answer.
     schema = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"],
               "additionalProperties": False}
@@ -114,7 +126,7 @@ def test_openai_client_asks_about_text_pictures_and_cameras_and_follow_ups_read_
         {"type": "text", "text": "How many things are there?"}]}],
         response_format={"type": "json_schema", "json_schema": {"name": "count", "schema": schema}})
     jsonschema.validate(json.loads(counted.choices[0].message.content), schema)
-    assert images_encoded(base) == 2
+    assert images_encoded(base) == 3
 
     with pytest.raises(openai.NotFoundError, match="no camera back; cameras: door"):
         client.chat.completions.create(model="edged", messages=[{"role": "user", "content": [

@@ -42,7 +42,8 @@ from edged.bus.schema import (
 )
 from edged.bus.server import Respond
 from edged.engine.engine import Engine, EngineError
-from edged.engine.prompt_format import follow_up, user_turn
+from edged.engine.generation import Generation
+from edged.engine.prompt_format import ANSWER, END_OF_TURN, follow_up, user_turn
 from edged.engine.state import State
 from edged.engine.store import SessionStore
 
@@ -136,7 +137,8 @@ class AgentRequests:
         if continued is not None:
             # A follow-up: the conversation so far, picture included, is already in the state.
             state = continued
-            closed = bool(state.pending) and state.pending[-1] in engine.eos_token_ids
+            last = (state.pending or state.tokens)[-1:]  # a read answer has run its end token; a generated one not yet
+            closed = bool(last) and last[0] in engine.eos_token_ids
             prompt = follow_up(request.question, closed)
         else:
             start = self._start_of_conversation(request, respond)
@@ -149,6 +151,7 @@ class AgentRequests:
                 else follow_up(request.question, answer_closed=True)
         max_tokens = min(request.max_tokens, self._settings().agent.answer_max_tokens)
         options = generation_options(max_tokens, request.temperature, request.stop, request.json_schema)
+        before = state.fork() if request.remember else None
         generation = tasks.answer(state, prompt, options, on_text=lambda piece: respond.partial({"text": piece}),
                                   cancel=self._stopping)
         if generation.finish_reason == "cancelled":
@@ -157,6 +160,11 @@ class AgentRequests:
         session = request.session
         if request.remember:
             session = conversation_key(engine.fingerprint, picture, [*turns, ("user", request.question), ("assistant", text)])
+            if not reads_back_the_same(engine, generation, text):
+                # The state must be what reading the conversation's text gives, since that is
+                # what a request carrying it would read when no remembered state continues it.
+                state = before
+                engine.extend_prompt(state, f"{prompt}{ANSWER}{text}{END_OF_TURN}")
         if session:
             sessions.put(session, state)
         answer = Answer(request_id=request.id, session=session, text=text, provenance=provenance,
@@ -265,6 +273,15 @@ def picture_reference(request: AskRequest) -> str:
         return "none"
     frame = "newest" if request.frame_seq is None else str(request.frame_seq)
     return f"camera:{request.camera or '(any)'}:{frame}"
+
+
+def reads_back_the_same(engine: Engine, generation: Generation, text: str) -> bool:
+    """Whether the answer's tokens are those its text reads as, closed by the end of its turn:
+    then the state after generating it is the state after reading it. Not so when the model
+    picked a split of the text its tokenizer would not make, or a stop string or max_tokens cut
+    the answer (the state holds tokens the text does not)."""
+    return (generation.finish_reason == "eos" and generation.tokens[-1:] == engine.encode(END_OF_TURN)
+            and engine.encode(text) == generation.tokens[:-1])
 
 
 def conversation_key(fingerprint: str, picture: str, turns: list[tuple[str, str]]) -> str:

@@ -11,6 +11,9 @@ USER_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
 ANSWER = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 """Closes the user turn and opens the model's answer, thinking off."""
 
+END_OF_TURN = "<|im_end|>"
+"""Ends a turn; the model ends its answers with it."""
+
 
 def system_turn(text: str) -> str:
     return f"<|im_start|>system\n{text}<|im_end|>\n"
@@ -41,5 +44,5 @@ def conversation(turns: list[tuple[str, str]], user_turn_open: bool) -> str:
         if role == "user":
             pieces.append(text if index == 0 and user_turn_open else ("\n" if index else "") + user_turn(text))
         else:
-            pieces.append(f"{ANSWER}{text}<|im_end|>")
+            pieces.append(f"{ANSWER}{text}{END_OF_TURN}")
     return "".join(pieces)
