@@ -85,6 +85,12 @@ def test_openai_client_asks_about_text_pictures_and_cameras_and_follow_ups_read_
     assert text.choices[0].message.role == "assistant" and text.choices[0].message.content
     assert text.choices[0].finish_reason in ("stop", "length") and text.usage.completion_tokens <= 6
     assert images_encoded(base) == 0  # a text question reads no picture
+    said = text.choices[0].message.content
+    stop = said[len(said) // 2:][:3]  # a piece from the middle of the answer ends it there
+    stopped = client.chat.completions.create(model="edged", messages=[{"role": "user", "content": "Say hello."}],
+                                             max_tokens=6, stop=[stop])
+    assert stopped.choices[0].message.content == said[:said.index(stop)].strip()
+    assert stopped.choices[0].finish_reason == "stop"
 
     # Streaming gives the same answer in pieces (greedy decoding), then the usage.
     chunks = list(client.chat.completions.create(

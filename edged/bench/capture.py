@@ -10,6 +10,9 @@ from edged.capture.camera import CameraCapture
 from edged.capture.camera_settings import CaptureConfig
 
 
+OPEN_TIMEOUT_S = 60.0
+
+
 @dataclass
 class CaptureRun:
     source: str
@@ -22,7 +25,11 @@ class CaptureRun:
 def measure(name: str, source: str, width: int, height: int, seconds: float, **config) -> CaptureRun:
     camera = CameraCapture("bench", CaptureConfig(**{"source": source, "width": width, "height": height, "fps": 1000, **config}))
     camera.start()
-    time.sleep(0.5)  # past opening the device and the first frames
+    # Past opening the device and the first frames: waited for, since the first GStreamer
+    # pipeline after installing plugins also rebuilds GStreamer's registry (seconds).
+    opened = time.monotonic() + OPEN_TIMEOUT_S
+    while camera.frames_read < 2 and time.monotonic() < opened:
+        camera.mailbox.take(timeout=0.05)
     read0, cpu0, wall0 = camera.frames_read, time.process_time(), time.monotonic()
     deadline = wall0 + seconds
     while time.monotonic() < deadline:

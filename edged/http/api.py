@@ -70,7 +70,7 @@ def routes(bus: LocalBus, hub: EventHub, metrics: DaemonMetrics) -> list[web.Rou
                     continue
                 if (kinds is None or kind in kinds) and (camera is None or from_camera == camera):
                     await response.write(f"event: {kind}\ndata: {envelope}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass  # the client left
         finally:
             hub.subscribers.discard(queue)

@@ -112,8 +112,8 @@ class HttpPart:
             self._hub.publish(kind, camera, envelope)
 
     def _make_app(self, token: str | None) -> web.Application:
-        app = web.Application(middlewares=[_errors, _bearer(token)],
-                              client_max_size=int(self._config.max_body_mb * (1 << 20)))
+        limit = int(self._config.max_body_mb * (1 << 20))
+        app = web.Application(middlewares=[_errors(limit), _bearer(token)], client_max_size=limit)
         app.add_routes(api.routes(self._bus, self._hub, self.metrics))
         app.add_routes(openai_api.routes(self._bus))
         return app
@@ -173,28 +173,31 @@ def _bearer(token: str | None):
     return check
 
 
-@web.middleware
-async def _errors(request: web.Request, handler):
+def _errors(limit: int):
     """Every failure as JSON: OpenAI's error shape under /v1, the bus's ``{"error": {"code",
     "message"}}`` elsewhere. An oversized body (413) is refused from its Content-Length, before
     a byte of it is read."""
-    limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        return _error(request, 413, "too_large", f"the body is {request.content_length} bytes; the most this "
-                      f"daemon takes is {limit} ([http] max_body_mb)")
-    try:
-        return await handler(request)
-    except RequestFailed as failed:
-        return _error(request, failed.http_status, failed.error.code, failed.error.message)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(request, 413, "too_large", f"the body is over {limit} bytes ([http] max_body_mb)")
-    except web.HTTPException as http:
-        if http.status < 400:
-            raise
-        return _error(request, http.status, "not_found" if http.status == 404 else "bad_request", http.reason)
-    except Exception as error:
-        log.exception("http request failed", path=request.path)
-        return _error(request, 500, "internal", f"{type(error).__name__}: {error}")
+
+    @web.middleware
+    async def answer(request: web.Request, handler):
+        if request.content_length is not None and request.content_length > limit:
+            return _error(request, 413, "too_large", f"the body is {request.content_length} bytes; the most this "
+                          f"daemon takes is {limit} ([http] max_body_mb)")
+        try:
+            return await handler(request)
+        except RequestFailed as failed:
+            return _error(request, failed.http_status, failed.error.code, failed.error.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(request, 413, "too_large", f"the body is over {limit} bytes ([http] max_body_mb)")
+        except web.HTTPException as http:
+            if http.status < 400:
+                raise
+            return _error(request, http.status, "not_found" if http.status == 404 else "bad_request", http.reason)
+        except Exception as error:
+            log.exception("http request failed", path=request.path)
+            return _error(request, 500, "internal", f"{type(error).__name__}: {error}")
+
+    return answer
 
 
 def _openai(request: web.Request) -> bool:

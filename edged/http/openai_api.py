@@ -144,26 +144,29 @@ async def _stream(request: web.Request, bus: LocalBus, ask: AskRequest, chat: Ch
 
     stream = replies(bus, ask)
     try:
-        first = await anext(stream)  # an error before any text still gets its HTTP status
-    except RequestFailed as failed:
-        return openai_error(failed.http_status, failed.error.message, failed.error.code)
-    await response.prepare(request)
-    await response.write(chunk({"role": "assistant", "content": ""}))
-    try:
-        reply = first
-        while reply.partial:
-            await response.write(chunk({"content": reply.data["text"]}))
-            reply = await anext(stream)
-        final = reply.data
-        await response.write(chunk({}, final["finish_reason"], edged={"session": final["session"],
-                                                                      "provenance": final["provenance"]}))
-        if chat.stream_options is not None and chat.stream_options.include_usage:
-            await response.write(chunk({}, usage=_usage(final)))
-    except RequestFailed as failed:
-        await response.write(f"data: {json.dumps({'error': {'message': failed.error.message, 'code': failed.error.code}})}\n\n".encode())
-    await response.write(b"data: [DONE]\n\n")
-    await stream.aclose()
-    return response
+        try:
+            first = await anext(stream)  # an error before any text still gets its HTTP status
+        except RequestFailed as failed:
+            return openai_error(failed.http_status, failed.error.message, failed.error.code)
+        await response.prepare(request)
+        await response.write(chunk({"role": "assistant", "content": ""}))
+        try:
+            reply = first
+            while reply.partial:
+                await response.write(chunk({"content": reply.data["text"]}))
+                reply = await anext(stream)
+            final = reply.data
+            await response.write(chunk({}, final["finish_reason"], edged={"session": final["session"],
+                                                                          "provenance": final["provenance"]}))
+            if chat.stream_options is not None and chat.stream_options.include_usage:
+                await response.write(chunk({}, usage=_usage(final)))
+        except RequestFailed as failed:
+            error = {"error": {"message": failed.error.message, "code": failed.error.code}}
+            await response.write(f"data: {json.dumps(error)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+    finally:
+        await stream.aclose()  # a client that left frees the request's place at once
 
 
 def _usage(final: dict[str, Any]) -> dict[str, int]:

@@ -96,7 +96,6 @@ class MqttPart:
         self._snapshot_seq: dict[str, int] = {}
         self._routes: dict[tuple[str, str | None], tuple[str, int]] = {}
         self._next_snapshot = 0.0
-        self.published = 0
         bus.subscribe(self._on_event)
 
     # -- the lifecycle (main thread) -------------------------------------------------------
@@ -115,7 +114,8 @@ class MqttPart:
         change reach Home Assistant with the next status."""
 
     def describe(self) -> str:
-        return f"mqtt: {self.state.state}"
+        dropped = f", {self.events_dropped} events dropped (the broker is slower than the daemon)" if self.events_dropped else ""
+        return f"mqtt: {self.state.state}{dropped}"
 
     def door_state(self) -> DoorState:
         return self.state
@@ -270,7 +270,7 @@ class MqttPart:
         if self._config.requests:
             client.subscribe(self.topics.request, qos=1)
         status = self._bus.status()
-        self._announce(status)
+        self._announce(status, again=True)
         self._states_from_status(status)
         for topic, (payload, qos) in self._retained.items():
             client.publish(topic, payload, qos=qos, retain=True)
@@ -303,7 +303,6 @@ class MqttPart:
             self._retained[topic] = (payload if isinstance(payload, bytes) else payload.encode(), qos)
         if self._connected or qos > 0:  # paho keeps QoS 1 and 2 messages for a broker that is away
             self._client.publish(topic, payload, qos=qos, retain=retain)
-            self.published += 1
 
     def _forward_event(self, kind: str, camera: str | None, envelope: str) -> None:
         qos = getattr(self._config.qos, kind, 0)
@@ -346,14 +345,15 @@ class MqttPart:
                     known.update(probability=rule.probability, version=rule.version, when=rule.when)
                     self._publish(attributes_topic, json.dumps(known), qos, retain=True)
 
-    def _announce(self, status: Status) -> None:
+    def _announce(self, status: Status, again: bool = False) -> None:
         """Send Home Assistant what changed in the entity set: new configs, and an empty
-        retained config where an entity (a removed rule) is gone."""
+        retained config where an entity (a removed rule) is gone; ``again``: every config,
+        for a broker just connected to, which may have lost them."""
         if not self._config.discovery:
             return
         current = discovery_payloads(self._config.discovery_prefix, self._device, self.topics, status,
                                      list(status.cameras) or list(status.rules))
-        if current == self._discovery and self._connected:
+        if current == self._discovery and not again:
             return
         for topic in self._discovery.keys() - current.keys():
             self._client.publish(topic, b"", qos=1, retain=True)
