@@ -96,9 +96,7 @@ class _PrivateBroker:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             raise RuntimeError("no mosquitto here: install it (apt install mosquitto) or give --broker HOST:PORT")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = _free_port()
         config = folder / "mosquitto.conf"
         config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                           "max_queued_messages 0\nlog_dest none\n")
@@ -118,7 +116,7 @@ class _PrivateBroker:
         self.process.wait()
 
 
-def run_integrations_bench(messages: int = 20_000, asks: int = 1000, broker: str | None = None,
+def run_integrations_bench(messages: int = 50_000, asks: int = 1000, broker: str | None = None,
                            repeats: int = 5) -> IntegrationsBench:
     from edged.bus.local import LocalBus
     from edged.http.http_part import HttpPart

@@ -74,9 +74,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         description="Publish detection events through edged's MQTT door and through raw paho to the same\n"
         "broker, side by side (a subscriber in another process counts them); then the OpenAI chat\n"
         "completion round trip through the HTTP door with an agent that answers at once. Starts a\n"
-        "private mosquitto unless --broker names one. About 20 seconds.",
+        "private mosquitto unless --broker names one. Under a minute.",
     )
-    integrations.add_argument("--messages", type=int, default=20_000, help="events per side (default 20000)")
+    integrations.add_argument("--messages", type=int, default=50_000, help="events per side (default 50000)")
     integrations.add_argument("--asks", type=int, default=1000, help="HTTP asks (default 1000)")
     integrations.add_argument("--broker", metavar="HOST:PORT", help="an MQTT broker that takes anonymous clients "
                               "(default: a mosquitto started for the run)")
