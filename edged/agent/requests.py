@@ -154,9 +154,8 @@ class AgentRequests:
         before = state.fork() if request.remember else None
         generation = tasks.answer(state, prompt, options, on_text=lambda piece: respond.partial({"text": piece}),
                                   cancel=self._stopping)
-        if generation.finish_reason == "cancelled":
-            raise Cancelled()
         text = generation.text.strip()
+        prompt_tokens = state.length - len(generation.tokens)
         session = request.session
         if request.remember:
             session = conversation_key(engine.fingerprint, picture, [*turns, ("user", request.question), ("assistant", text)])
@@ -169,7 +168,7 @@ class AgentRequests:
             sessions.put(session, state)
         answer = Answer(request_id=request.id, session=session, text=text, provenance=provenance,
                         finish_reason="length" if generation.finish_reason == "length" else "stop",
-                        prompt_tokens=state.length - len(generation.tokens),
+                        prompt_tokens=prompt_tokens,
                         completion_tokens=len(generation.tokens))
         respond.final(answer)
         self._publish("answer", request.camera, answer)
