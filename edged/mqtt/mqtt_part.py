@@ -233,7 +233,8 @@ class MqttPart:
     def _connect(self) -> None:
         config = self._config
         try:
-            self._set_state("connecting", f"{config.host}:{config.broker_port}")
+            if self.state.state == "starting":  # later attempts keep saying why the last one failed
+                self._set_state("connecting", f"{config.host}:{config.broker_port}")
             self._client.connect(config.host, config.broker_port, config.keepalive_s)
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError: a bad certificate lands here
             self._retry_later(_reason(error))
