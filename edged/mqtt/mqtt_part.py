@@ -138,7 +138,9 @@ class MqttPart:
     # -- any thread (the bus's, paho's, the inference thread's) ---------------------------------
 
     def _hand_over(self, item: tuple[Any, ...]) -> None:
-        if self._inbox.qsize() >= INBOX_LIMIT:
+        """Queue an item for the door's thread. Only events are dropped when it is far behind:
+        a connection's news and replies to requests always get through."""
+        if item[0] == "event" and self._inbox.qsize() >= INBOX_LIMIT:
             self.events_dropped += 1
             return
         self._inbox.put(item)
