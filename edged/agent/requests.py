@@ -41,6 +41,7 @@ from edged.bus.schema import (
     SnapshotRequest,
 )
 from edged.bus.server import Respond
+from edged.capture.frame import content_hash
 from edged.engine.engine import Engine, EngineError
 from edged.engine.generation import Generation
 from edged.engine.prompt_format import ANSWER, END_OF_TURN, follow_up, user_turn
@@ -184,8 +185,7 @@ class AgentRequests:
             if rgb is None:
                 respond.error("bad_request", "image: not a JPEG or PNG picture in base64")
                 return None
-            digest = hashlib.sha256(rgb.tobytes()).hexdigest()[:16]
-            return tasks.read_picture(rgb), Provenance(frame_hash=digest, model=engine.fingerprint[:16],
+            return tasks.read_picture(rgb), Provenance(frame_hash=content_hash(rgb), model=engine.fingerprint[:16],
                                                        prompt_version=tasks.prompt_version)
         if request.camera is not None and request.camera not in self._cameras:
             respond.error("not_found", f"no camera {request.camera}; cameras: {', '.join(self._cameras) or 'none'}")

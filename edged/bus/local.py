@@ -9,10 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from edged.bus.schema import ErrorInfo, Request, Status, StatusRequest
-from edged.bus.server import BusServer, EventListener, RequestHandler
+from edged.bus.server import BusServer, EventListener, RequestHandler, _plain
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,6 @@ class LocalResponder:
         if reply is not None:
             self._deliver(reply)
         self._done()
-
-
-def _plain(data: Any) -> Any:
-    return data.model_dump(mode="json") if isinstance(data, BaseModel) else data
 
 
 class LocalBus:

@@ -21,10 +21,14 @@ class Frame:
 
     @property
     def hash(self) -> str:
-        """A cheap content hash (BLAKE2b, 8 bytes) for provenance and de-duplication."""
-        return hashlib.blake2b(self.rgb.tobytes(), digest_size=8).hexdigest()
+        return content_hash(self.rgb)
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height)."""
         return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def content_hash(rgb: np.ndarray) -> str:
+    """A cheap content hash of pixels (BLAKE2b, 8 bytes) for provenance and de-duplication."""
+    return hashlib.blake2b(rgb.tobytes(), digest_size=8).hexdigest()

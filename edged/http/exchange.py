@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from edged.bus.local import LocalBus, LocalReply
 from edged.bus.schema import ErrorInfo, Request
@@ -51,7 +52,7 @@ async def replies(bus: LocalBus, request: Request) -> AsyncIterator[LocalReply]:
         respond.abandon()  # after the final reply this does nothing; before it, later replies are dropped
 
 
-async def call(bus: LocalBus, request: Request) -> object:
+async def call(bus: LocalBus, request: Request) -> Any:
     """The final reply's data."""
     async for reply in replies(bus, request):
         if not reply.partial:

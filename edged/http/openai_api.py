@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edged.bus.local import LocalBus
 from edged.bus.schema import AskRequest, Turn
-from edged.http.exchange import RequestFailed, replies
+from edged.http.exchange import RequestFailed, call, replies
 
 CAMERA_URL = re.compile(r"^edged://cameras/(?P<camera>[A-Za-z0-9_.:-]+)/(?:latest|frames/(?P<seq>\d+))$")
 DATA_URL = re.compile(r"^data:image/(?:jpeg|jpg|png);base64,(?P<data>.+)$", re.DOTALL)
@@ -115,9 +115,7 @@ def routes(bus: LocalBus) -> list[web.RouteDef]:
         if chat.stream:
             return await _stream(request, bus, ask, chat, completion_id, created)
         try:
-            final = None
-            async for reply in replies(bus, ask):
-                final = reply.data
+            final = await call(bus, ask)
         except RequestFailed as failed:
             return openai_error(failed.http_status, failed.error.message, failed.error.code)
         return web.json_response({
