@@ -27,12 +27,13 @@ from edged.agent.frame_policy import TaskPeriods
 from edged.agent.memory import AgentMemory
 from edged.agent.requests import AgentRequests
 from edged.agent.rules import RuleTracker, trackers_for
-from edged.agent.scheduler import CONTROL, DESCRIBE, DETECT, RULES, JobQueue, RoundRobin
+from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, Job, JobQueue, RoundRobin
 from edged.agent.tasks import Cancelled, FrameTasks
 from edged.bus.schema import ErrorEvent, InferenceFigures, Request
 from edged.bus.server import Respond
 from edged.capture.capture_part import CapturePart
 from edged.capture.frame import Frame
+from edged.engine.cores import usable_cores
 from edged.engine.engine import Engine
 from edged.engine.store import PrefixStore, SessionStore
 from edged.models.installed import ModelChoice
@@ -72,6 +73,8 @@ class AgentPart:
         self._tasks: FrameTasks | None = None  # with the engine, at start
         self._sessions: SessionStore | None = None  # with the engine, at start
         self._stop_deadline = math.inf
+        self._lent_s = 0.0
+        """Seconds of questions answered between the pieces of other jobs, in all."""
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
@@ -92,7 +95,8 @@ class AgentPart:
                 "copy the package anew), then start edged", EX_DATAERR) from None
         if hashed:
             log.info("model package verified", package=str(choice.path), files_hashed=hashed)
-        self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length)
+        self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length,
+                             spin=model.spin_choice)
         self.engine_loads += 1
         self._tasks = FrameTasks(
             self.engine, self._settings.agent.system_prompt, PrefixStore(state_dir, self.engine.fingerprint),
@@ -101,7 +105,9 @@ class AgentPart:
         self._requests.bind(self.engine, self._tasks, self._sessions)
         self._refresh_figures()
         log.info("agent ready", model=choice.path.name, cameras=len(self._memory.trackers),
-                 rules=sum(map(len, self._memory.trackers.values())))
+                 rules=sum(map(len, self._memory.trackers.values())), cores=usable_cores(),
+                 free_cores=self.engine.free_cores,
+                 threads_wait="spinning" if self.engine.spin else "sleeping")
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
@@ -159,17 +165,33 @@ class AgentPart:
                 self._refresh_figures()  # jobs may have been dropped on the way
                 self._queue.wait(self._idle_wait)  # a job or a frame ends the wait
                 continue
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
+        started, lent = time.monotonic(), self._lent_s
+        try:
+            job.run()
+        except Cancelled:
+            pass
+        except Exception as error:  # noqa: BLE001 - one bad job must not stop inference; logged with its traceback
+            log.exception("inference job failed")
+            # no client waits on a rule, detection or description: subscribers hear of it instead
+            self.publish("error", None, ErrorEvent(code="internal", message=f"{type(error).__name__}: {error}"))
+        # time spent on questions let in between this job's pieces is theirs, charged to them
+        self._queue.charge(job, time.monotonic() - started - (self._lent_s - lent))
+        self._refresh_figures()
+
+    def _answer_waiting_questions(self) -> None:
+        """Between the pieces of a frame's read: the questions waiting, each on its own state,
+        so that none waits for the whole read (the read's result is the same)."""
+        while not self._stop.is_set():
+            self._pulse.beat()
+            job = self._queue.take_waiting(ASK)
+            if job is None:
+                return
             started = time.monotonic()
-            try:
-                job.run()
-            except Cancelled:
-                pass
-            except Exception as error:  # noqa: BLE001 - one bad job must not stop inference; logged with its traceback
-                log.exception("inference job failed")
-                # no client waits on a rule, detection or description: subscribers hear of it instead
-                self.publish("error", None, ErrorEvent(code="internal", message=f"{type(error).__name__}: {error}"))
-            self._queue.charge(job, time.monotonic() - started)
-            self._refresh_figures()
+            self._run_job(job)
+            self._lent_s += time.monotonic() - started
 
     def _accept_next_frame(self) -> bool:
         """Take the next camera's newest frame, in turn, and queue the work it calls for."""
@@ -207,7 +229,7 @@ class AgentPart:
         trackers = self._memory.trackers.get(frame.camera, [])
         if tracker not in trackers:
             return  # the rule was replaced or removed after this job was queued
-        event = self._tasks.evaluate_rule(self._memory.read(frame, self._tasks), tracker)
+        event = self._tasks.evaluate_rule(self._memory.read(frame, self._tasks, self._answer_waiting_questions), tracker)
         if tracker is trackers[-1]:
             self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
         if event is not None:

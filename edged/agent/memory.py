@@ -5,6 +5,8 @@ thread may read it at any moment (rules.list, snapshot, status)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edged.agent.rules import RuleTracker
 from edged.agent.tasks import FrameTasks, ReadFrame
 from edged.bus.schema import Detection
@@ -18,6 +20,8 @@ class AgentMemory:
         """Each camera's last [agent] frames_kept accepted frames, newest last."""
         self.detections: dict[str, Detection] = {}
         self._reads: dict[str, ReadFrame] = {}
+        self._reading: dict[str, Frame] = {}
+        """Each camera's frame whose read is in progress (its pieces let questions in between)."""
 
     def remember(self, frame: Frame, keep: int) -> None:
         recent = (*self.recent.get(frame.camera, ()), frame)
@@ -33,18 +37,30 @@ class AgentMemory:
         """Frame ``seq`` of ``camera``, if it is among the frames kept."""
         return next((frame for frame in self.recent.get(camera, ()) if frame.seq == seq), None)
 
-    def read(self, frame: Frame, tasks: FrameTasks) -> ReadFrame:
-        """The model's read of ``frame``, made once however many tasks ask for it."""
+    def read(self, frame: Frame, tasks: FrameTasks, between: Callable[[], None] | None = None) -> ReadFrame:
+        """The model's read of ``frame``, made once however many tasks ask for it; ``between``
+        runs between its pieces."""
         read = self._reads.get(frame.camera)
         if read is None or read.frame is not frame:
-            read = tasks.read(frame)
+            self._reading = {**self._reading, frame.camera: frame}
+            try:
+                read = tasks.read(frame, between)
+            finally:
+                self._reading = {name: reading for name, reading in self._reading.items() if name != frame.camera}
             self._reads = {**self._reads, frame.camera: read}
         return read
 
     def newest_read(self, camera: str | None, tasks: FrameTasks) -> ReadFrame | None:
-        """The newest frame of ``camera`` (of any camera when None), read."""
+        """The newest frame of ``camera`` (of any camera when None), read. Asked between the
+        pieces of that frame's own read, the camera's last finished read: a question does not
+        wait for the frame being read, nor read it a second time."""
         frame = self.newest(camera)
-        return self.read(frame, tasks) if frame is not None else None
+        if frame is None:
+            return None
+        earlier = self._reads.get(frame.camera)
+        if self._reading.get(frame.camera) is frame and earlier is not None:
+            return earlier
+        return self.read(frame, tasks)
 
     def forget_reads(self) -> None:
         """Reads made under a system prompt no longer in force."""

@@ -74,6 +74,14 @@ class JobQueue:
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
             return heapq.heappop(self._waiting[kind])
 
+    def take_waiting(self, priority: int) -> Job | None:
+        """The next job of this kind, if one waits (dropping the stale first), ahead of the
+        fair pick: for a job that lets them in between its pieces."""
+        self._drop_expired()
+        with self._lock:
+            jobs = self._waiting[priority]
+            return heapq.heappop(jobs) if jobs else None
+
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
         if job.priority in SHARES:

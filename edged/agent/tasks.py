@@ -81,16 +81,17 @@ class FrameTasks:
         self.system_prompt = system_prompt
         self.prompt_version = prompt_version(system_prompt)
 
-    def read(self, frame: Frame) -> ReadFrame:
-        """The frame's state: the system prompt's state forked and extended with the image."""
+    def read(self, frame: Frame, between: Callable[[], None] | None = None) -> ReadFrame:
+        """The frame's state: the system prompt's state forked and extended with the image;
+        ``between`` runs between the pieces of the read (Engine.extend_prompt)."""
         provenance = Provenance(frame_seq=frame.seq, frame_ts=round(frame.wall, 3), frame_hash=frame.hash,
                                 model=self.engine.fingerprint[:16], prompt_version=self.prompt_version)
-        return ReadFrame(frame, self.read_picture(frame.rgb), provenance)
+        return ReadFrame(frame, self.read_picture(frame.rgb, between), provenance)
 
-    def read_picture(self, rgb: np.ndarray) -> State:
+    def read_picture(self, rgb: np.ndarray, between: Callable[[], None] | None = None) -> State:
         """The system prompt's state extended with a picture, in a user turn left open for its text."""
         state = self._prefix.fork()
-        self.engine.extend_prompt(state, USER_IMAGE, [self.engine.fit_to_grid(rgb)])
+        self.engine.extend_prompt(state, USER_IMAGE, [self.engine.fit_to_grid(rgb)], between=between)
         return state
 
     def after_system_prompt(self) -> State:
@@ -105,7 +106,10 @@ class FrameTasks:
 
     def rule_probability(self, read: ReadFrame, rule: RuleConfig) -> float:
         """P(yes) for the rule's condition on this frame: one extend, no generation."""
-        logits = self.engine.extend_prompt(read.state.fork(), rule_question(rule.when) + ANSWER)
+        return self.probability_of_yes(self.engine.extend_prompt(read.state.fork(), rule_question(rule.when) + ANSWER))
+
+    def probability_of_yes(self, logits: np.ndarray) -> float:
+        """P(yes) against P(no) from the logits after a yes-or-no question."""
         top = max(logits[self._yes].max(), logits[self._no].max())
         yes = np.exp(logits[self._yes] - top).sum()
         no = np.exp(logits[self._no] - top).sum()

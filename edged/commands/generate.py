@@ -107,7 +107,8 @@ def _generate(args: argparse.Namespace) -> int:
             sampling=SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                      seed=args.seed, repetition_penalty=args.repetition_penalty),
         )
-        engine = Engine(package, threads=settings.model.threads, max_length=settings.model.max_length)
+        engine = Engine(package, threads=settings.model.threads, max_length=settings.model.max_length,
+                        spin=settings.model.spin_choice)
     except (ValueError, ManifestError) as error:
         print(f"edged generate: {error}", file=sys.stderr)
         return 1

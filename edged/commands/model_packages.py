@@ -48,6 +48,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     build.add_argument("--text-only", action="store_true", help="leave out the vision encoder")
     build.add_argument("--all-logits", action="store_true",
                        help="compute logits at every prompt position (default: the last only, ~30%% faster prefill)")
+    build.add_argument("--vision-precision", choices=["int8", "fp32"],
+                       help="vision encoder weights on a CPU (default int8 with int4: 0.7x the encode time, "
+                       "half the size, image features at cosine 0.998 of fp32)")
     build.add_argument("--name", help="package name (default: from SOURCE, precision and target)")
     build.add_argument("--tiny", action="store_true", help="build the random tiny test model instead of SOURCE")
     build.add_argument("--size", choices=["tiny", "0.8b"], help="a random model of this size instead of SOURCE")
@@ -113,14 +116,15 @@ def _build(args: argparse.Namespace) -> int:
                       "packages are a fixed set (text and vision-language, see models/README.md)", file=sys.stderr)
                 return 2
             manifests = build_random_packages(args.out, size, _progress, keep_checkpoint=args.keep_checkpoint,
-                                              all_logits=args.all_logits)
+                                              all_logits=args.all_logits, vision_precision=args.vision_precision)
             for manifest in manifests:
                 print(f"{manifest.name}: {manifest.size_bytes / 1e6:.1f} MB, fingerprint {manifest.fingerprint[:16]}")
             return 0
         precision, target = args.precision or "int4", args.target or "cpu"
         name = args.name or f"{Path(args.source.rstrip('/')).name.lower()}-{'text-' if args.text_only else ''}{precision}-{target}"
         options = BuildOptions(precision=precision, target=target, text_only=args.text_only,
-                               all_logits=args.all_logits, name=name, source_label=args.source)
+                               all_logits=args.all_logits, name=name, source_label=args.source,
+                               vision_precision=args.vision_precision)
         checkpoint = fetch_checkpoint(args.source, _progress)
         manifest = build_package(checkpoint, args.out, options, _progress)
     except ImportError as error:

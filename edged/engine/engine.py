@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from edged.engine.cores import FREE_ENOUGH, free_cores, usable_cores
 from edged.engine.errors import ContextFullError, EngineError
 from edged.engine.generation import Generation, GenerationOptions
 from edged.engine.memory import TRIM_AFTER_TOKENS, release_free_memory
@@ -36,6 +37,11 @@ from edged.models.manifest import Manifest, read_manifest
 __all__ = ["ContextFullError", "Engine", "EngineCounters", "EngineError", "Generation", "GenerationOptions", "Image"]
 
 log = structlog.get_logger()
+
+READ_PIECE = 64
+"""Tokens per piece of a prompt with images: a 448 x 448 frame's 200 image tokens are read in
+4 pieces, between which a question can be answered. Measured at 0.8B: a frame read in pieces
+of 64 took as long as in one piece of 256 (4.0-4.1 s either way)."""
 
 Image = bytes | str | Path | np.ndarray
 """An encoded picture (PNG, JPEG), a path to one, or an H x W x 3 uint8 RGB frame."""
@@ -56,8 +62,10 @@ class Engine:
     """A loaded model package. Owned by one thread; ``cancel`` events may come from any."""
 
     def __init__(self, package: Path, threads: int = 0, provider: str | None = None, max_length: int = 2048,
-                 prefill_chunk: int = 256, profile_decoder: Path | None = None) -> None:
+                 prefill_chunk: int = 256, profile_decoder: Path | None = None, spin: bool | None = None) -> None:
         """``provider`` is "cpu" or "cuda"; by default the package's target, when present.
+        ``spin``: whether idle intra-op threads spin rather than sleep; by default they spin
+        only when every core is free as the engine loads (cores.py).
         Prompts longer than ``prefill_chunk`` tokens run in pieces of that many: the same
         result as one call, with the activations of one piece held at a time.
         ``profile_decoder`` makes onnxruntime time each operator of every decoder run, into a
@@ -75,6 +83,7 @@ class Engine:
                             package=self.manifest.name)
         self.fingerprint = self.manifest.fingerprint
         self.prefill_chunk = prefill_chunk
+        self.read_piece = min(READ_PIECE, prefill_chunk)
         config = json.loads((self.package / "genai_config.json").read_text())["model"]
         context = int(config.get("context_length") or max_length)
         if max_length > context:  # past it the rotary tables end: the decoder would fail mid-answer
@@ -82,6 +91,12 @@ class Engine:
         self.max_length = min(max_length, context)
         self.counters = EngineCounters()
         self._threads = threads
+        self.free_cores: float | None = None
+        """Cores' worth of CPU time found free as the engine loaded, when ``spin`` was measured."""
+        if spin is None:
+            self.free_cores = round(free_cores(), 2)
+            spin = self.free_cores >= FREE_ENOUGH * usable_cores()
+        self.spin = spin
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
         self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
@@ -128,8 +143,13 @@ class Engine:
         state.next_position += len(ids)
         return state.logits  # type: ignore[return-value]
 
-    def extend_prompt(self, state: State, text: str, images: Sequence[Image] = ()) -> np.ndarray:
-        """Run a piece of prompt text; each image pad in it stands for the next of ``images``."""
+    def extend_prompt(self, state: State, text: str, images: Sequence[Image] = (),
+                      between: Callable[[], None] | None = None) -> np.ndarray:
+        """Run a piece of prompt text; each image pad in it stands for the next of ``images``.
+        A prompt with images runs in pieces of ``read_piece`` tokens, whether or not
+        ``between`` is given; ``between`` is called after the vision encoder and after each
+        piece but the last, and may run anything on other states (a waiting question): the
+        result is the same as without it."""
         if not images:
             return self.extend(state, self.encode(text))
         if not self.multimodal or self._vision_file is None:
@@ -141,9 +161,29 @@ class Engine:
         positions, next_position = prompt_positions(
             ids, self.image_token_id, prompt.image_grid_thw, state.next_position, self._merge
         )
-        self._run(state, ids, positions, embeds=self._embed(ids, features))
+        embeds = self._embed(ids, features)
+        if between is not None:
+            between()
+        self._run(state, ids, positions, embeds, piece=self.read_piece, between=between)
         state.next_position = next_position
         return state.logits  # type: ignore[return-value]
+
+    def fork_logits(self, state: State, continuations: Sequence[Sequence[int]], rows: int = 1) -> list[np.ndarray]:
+        """The next-token logits after each continuation of ``state``: for each, what
+        ``extend`` on a fork of the state gives; the forks themselves are not kept.
+
+        ``rows`` > 1 runs up to that many continuations together, as the rows of a batch
+        stepped one token at a time. That is the only batch the CPU decoder takes on top of a
+        state (onnxruntime's GroupQueryAttention runs a prompt of several tokens over a past
+        for a batch of one only), and on a CPU it loses: 8 rules of 30 tokens on a read frame
+        took 2.4x the time of one prompt per rule at 0.8B (docs/engine.md). So the daemon
+        runs one continuation after another, the default."""
+        if rows <= 1:
+            return [self.extend(state.fork(), continuation).copy() for continuation in continuations]
+        logits: list[np.ndarray] = []
+        for start in range(0, len(continuations), rows):
+            logits += self._step_rows(state, continuations[start:start + rows])
+        return logits
 
     def fit_to_grid(self, rgb: np.ndarray) -> np.ndarray:
         """A frame resized to the size the image processor would give it, so extend_prompt
@@ -199,6 +239,7 @@ class Engine:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile)
         options.intra_op_num_threads = self._threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         options.inter_op_num_threads = 1
         # Without the arena a long prompt's activations go back to the allocator when the
         # call ends, instead of staying reserved for the life of the process (-25 MB at 0.8B).
@@ -249,11 +290,12 @@ class Engine:
         return features
 
     def _embed(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
+        return self._embed_rows(np.asarray([ids], dtype=np.int64), features)
+
+    def _embed_rows(self, ids: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         if features is None:
             features = np.zeros((0, self._hidden), dtype=np.float32)
-        return self.embedding.run(None, {  # type: ignore[union-attr]
-            "input_ids": np.asarray([ids], dtype=np.int64), "image_features": features,
-        })[0]
+        return self.embedding.run(None, {"input_ids": ids, "image_features": features})[0]  # type: ignore[union-attr]
 
     def _check_room(self, state: State, adding: int) -> None:
         if state.length + adding > self.max_length:
@@ -262,14 +304,60 @@ class Engine:
                 f"max_length {self.max_length} ([model] max_length); nothing was run"
             )
 
-    def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
-        """``ids`` on top of ``state``, in pieces of at most ``prefill_chunk`` tokens."""
-        for start in range(0, len(ids), self.prefill_chunk):
-            end = start + self.prefill_chunk
+    def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None,
+             piece: int | None = None, between: Callable[[], None] | None = None) -> None:
+        """``ids`` on top of ``state``, in pieces of at most ``piece`` (by default
+        ``prefill_chunk``) tokens, with ``between`` called between two pieces."""
+        piece = piece or self.prefill_chunk
+        for start in range(0, len(ids), piece):
+            if start and between is not None:
+                between()
+            end = start + piece
             self._run_once(state, ids[start:end], np.ascontiguousarray(positions[:, :, start:end]),
                            None if embeds is None else embeds[:, start:end])
         if len(ids) >= TRIM_AFTER_TOKENS:
             release_free_memory()
+
+    def _step_rows(self, state: State, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """A batch of forks of ``state``, a row per continuation, stepped a token at a time.
+        A row that has ended repeats its last token until the longest ends: its logits were
+        taken at its own end, and what follows never reaches them."""
+        rows = [[*state.pending, *(int(t) for t in continuation)] for continuation in continuations]
+        if not all(rows):
+            raise EngineError("nothing to run: a continuation is empty")
+        width, count = max(map(len, rows)), len(rows)
+        self._check_room(state, width - len(state.pending))
+        ids = np.asarray([row + row[-1:] * (width - len(row)) for row in rows], dtype=np.int64)
+        tensors: dict[str, Any] = {name: np.repeat(value.numpy(), count, axis=0) for name, value in state.tensors.items()}
+        logits: list[np.ndarray | None] = [None] * count
+        for step in range(width):
+            binding = self.decoder.io_binding()
+            feeds = {"attention_mask": np.ones((count, len(state.tokens) + step + 1), dtype=np.int64),
+                     "position_ids": np.full((3, count, 1), state.next_position + step, dtype=np.int64)}
+            column = ids[:, step:step + 1]
+            if self.multimodal:
+                feeds["inputs_embeds"] = self._embed_rows(column)
+            else:
+                feeds["input_ids"] = np.ascontiguousarray(column)
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name, value in tensors.items():
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
+            for name in self._outputs:
+                binding.bind_output(name, "cpu" if name == "logits" else self._device)
+            self.decoder.run_with_iobinding(binding)
+            outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
+            step_logits = outputs.pop("logits").numpy()[:, -1]
+            for row, tokens in enumerate(rows):
+                if len(tokens) - 1 == step:
+                    logits[row] = step_logits[row].copy()
+            tensors = {self._past_of[name]: value for name, value in outputs.items()}
+            self.counters.decoder_runs += 1
+        self.counters.tokens_run += sum(map(len, rows))
+        return logits  # type: ignore[return-value]
 
     def _run_once(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
         """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""

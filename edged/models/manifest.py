@@ -22,6 +22,7 @@ _CHUNK = 1 << 20
 
 Precision = Literal["int4", "fp16", "fp32"]
 Target = Literal["cpu", "cuda"]
+VisionPrecision = Literal["int8", "fp16", "fp32"]
 
 
 class PackageFile(BaseModel):
@@ -79,6 +80,9 @@ class Manifest(BaseModel):
     target: Target
     modalities: list[Literal["text", "image"]]
     lm_head: Literal["last", "all"] = Field(description="logits for the last position only, or all")
+    vision: VisionPrecision | None = Field(
+        default=None, description="the vision encoder's weights (int8: quantized by the recipe); none in a text "
+        "package or one built before edged recorded it")
     tools: dict[str, str] = Field(description="versions of the tools that built it")
     files: list[PackageFile]
     fingerprint: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +22,11 @@ class ModelConfig(BaseModel):
         "fits in memory) or 'bundled' (the tiny model shipped with edged, for trying it out)"
     )
     threads: int = RestartField(0, ge=0, description="inference threads; 0 means one per CPU core")
+    spin: Literal["auto", "on", "off"] = RestartField(
+        "auto", description="whether inference threads spin or sleep while they wait for work: spinning is "
+        "faster on cores edged has to itself and much slower on cores another process keeps busy; 'auto' "
+        "measures at start and spins only when every core is free",
+    )
     max_length: int = RestartField(
         2048, gt=0, description="most tokens one state may hold (prompt, image and answer)",
     )
@@ -31,3 +37,8 @@ class ModelConfig(BaseModel):
     headroom_mb: int = RestartField(
         512, ge=0, description="memory 'auto' leaves free for the system and other services, in MiB",
     )
+
+    @property
+    def spin_choice(self) -> bool | None:
+        """``spin`` as the engine takes it: None to measure."""
+        return {"auto": None, "on": True, "off": False}[self.spin]

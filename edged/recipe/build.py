@@ -33,10 +33,12 @@ from edged.models.manifest import (
     Manifest,
     Precision,
     Target,
+    VisionPrecision,
     fingerprint,
     package_files,
     write_manifest,
 )
+from edged.recipe.vision import quantize_vision_encoder
 
 Progress = Callable[[str], None]
 DEFAULT_MAX_LENGTH = 2048
@@ -55,6 +57,17 @@ class BuildOptions:
     all_logits: bool = False
     name: str | None = None
     source_label: str | None = None
+    vision_precision: VisionPrecision | None = None
+    """int8 or fp32 on a CPU; by default int8 for an int4 package (vision.py), else as mobius writes it."""
+
+    @property
+    def vision(self) -> VisionPrecision:
+        """The vision encoder's precision, the default resolved."""
+        if self.vision_precision is not None:
+            return self.vision_precision
+        if self.target == "cuda" and self.precision != "fp32":
+            return "fp16"
+        return "int8" if self.precision == "int4" else "fp32"
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.target == "cpu":
@@ -63,6 +76,8 @@ class BuildOptions:
                 "decoder that does not load (it reads a KV cache for layer 0, a DeltaNet layer "
                 "that has none); on a CPU use int4 (the default) or fp32"
             )
+        if self.vision_precision is not None and self.target == "cuda":
+            raise BuildError("--vision-precision is for --target cpu: a CUDA package's vision encoder is fp16")
 
 
 def build_package(checkpoint: Path, out: Path, options: BuildOptions, progress: Progress = print) -> Manifest:
@@ -103,6 +118,9 @@ def _build_into(
         progress(f"[{steps - 1}/{steps}] assembling the package and fixing its configs")
         if vision:
             _assemble_multimodal(decoder, parts, checkpoint, staging)
+            if options.vision == "int8":
+                progress("      vision encoder weights to int8")
+                quantize_vision_encoder(staging / "vision_encoder")
         else:
             _assemble_text(decoder, staging)
         _fix_tokenizer_config(staging / "tokenizer_config.json")
@@ -117,6 +135,7 @@ def _build_into(
         target=options.target,
         modalities=["text", "image"] if vision else ["text"],
         lm_head="all" if options.all_logits else "last",
+        vision=options.vision if vision else None,
         tools={tool: _version(tool) for tool in TOOLS},
         files=files,
         fingerprint=fingerprint(files),
@@ -319,7 +338,7 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
 
 
 def build_random_packages(out: Path, size: str, progress: Progress = print, keep_checkpoint: bool = False,
-                          all_logits: bool = False) -> list[Manifest]:
+                          all_logits: bool = False, vision_precision: VisionPrecision | None = None) -> list[Manifest]:
     """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders."""
     from dataclasses import replace
 
@@ -334,7 +353,7 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
         for folder, options in RANDOM_PACKAGES[size]:
             progress(f"package {folder}")
             named = replace(options, name=f"edged-{size}-{folder}", source_label=f"random {size} checkpoint, seed {SEED}",
-                            all_logits=all_logits)
+                            all_logits=all_logits, vision_precision=vision_precision)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
     return manifests
 
