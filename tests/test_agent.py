@@ -511,3 +511,34 @@ def test_an_answer_is_remembered_as_its_text_reads_so_that_a_conversation_sent_b
     assert engine.decode(split) == text and split != engine.encode(text)  # the same text, other tokens
     assert not reads_back_the_same(engine, generated(split + end), text)
     assert not reads_back_the_same(engine, generated(engine.encode(text), "length"), text)  # no end of turn read
+
+
+def test_a_question_between_the_pieces_of_a_frames_read_uses_the_cameras_last_finished_read() -> None:
+    """The inference thread answers waiting questions between the pieces of a frame's read.
+    A question about that camera then gets the frame read before (its provenance says which),
+    instead of waiting for the read or reading the frame a second time; and the read ends as
+    one that nothing interrupted."""
+    from conftest import TINY
+
+    from edged.agent.memory import AgentMemory
+    from edged.agent.tasks import FrameTasks
+    from edged.capture.frame import Frame
+    from edged.engine.engine import Engine
+
+    engine = Engine(TINY / "vl-int4", prefill_chunk=3)
+    tasks = FrameTasks(engine, "You watch the door.")
+    memory = AgentMemory({})
+    rng = np.random.default_rng(5)
+    first, second = (Frame((rng.random((64, 64, 3)) * 255).astype(np.uint8), "door", seq, time.monotonic(), time.time())
+                     for seq in (1, 2))
+    memory.remember(first, keep=4)
+    earlier = memory.read(first, tasks)
+    memory.remember(second, keep=4)
+    seen = []
+    encoded = engine.counters.images_encoded
+    read = memory.read(second, tasks, between=lambda: seen.append(memory.newest_read("door", tasks)))
+    assert len(seen) >= 2 and all(found is earlier for found in seen)
+    assert engine.counters.images_encoded == encoded + 1  # the frame was read once
+    assert memory.newest_read("door", tasks) is read and read.provenance.frame_seq == 2
+    alone = tasks.read(second)
+    np.testing.assert_array_equal(read.state.logits, alone.state.logits)

@@ -169,6 +169,57 @@ def test_a_prompt_run_in_pieces_gives_the_tokens_of_one_call(package: str, pictu
     assert greedy(pieces, many) == greedy(whole, one)
 
 
+@pytest.mark.parametrize("package", ["vl-fp32", "vl-int4"])
+def test_a_read_lets_other_work_in_between_its_pieces_and_ends_as_without_it(package: str, picture: Path) -> None:
+    """The daemon answers waiting questions between the pieces of a frame's read (pieces of
+    3 tokens here, cutting through the picture's). The read must end exactly as an
+    uninterrupted one, and the questions answer as they do alone."""
+    engine = Engine(TINY / package, prefill_chunk=3)
+    prefix = engine.new_state()
+    engine.extend_prompt(prefix, "<|im_start|>system\nYou watch a camera.<|im_end|>\n")
+    head = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+    question = "<|im_start|>user\nWhat is a door?<|im_end|>\n<|im_start|>assistant\n"
+
+    def ask() -> list[int]:
+        state = prefix.fork()
+        engine.extend_prompt(state, question)
+        return greedy(engine, state, 8)
+
+    alone_answer = ask()
+    alone = prefix.fork()
+    engine.extend_prompt(alone, head, [picture])
+    answers: list[list[int]] = []
+    interrupted = prefix.fork()
+    engine.extend_prompt(interrupted, head, [picture], between=lambda: answers.append(ask()))
+    assert len(answers) >= 3 and all(answer == alone_answer for answer in answers)
+    np.testing.assert_array_equal(interrupted.logits, alone.logits)
+    assert interrupted.tokens == alone.tokens and interrupted.next_position == alone.next_position
+    expected = tensors(alone)
+    for name, value in tensors(interrupted).items():
+        np.testing.assert_array_equal(value, expected[name])
+    assert greedy(engine, interrupted) == greedy(engine, alone)
+
+
+def test_forks_run_as_one_batch_give_the_logits_of_one_fork_at_a_time(any_vl: Engine, picture: Path) -> None:
+    """Rules on a frame, as the rows of one batch (of 3, then 2) instead of one after another:
+    rows of different lengths, each read at its own last token."""
+    frame = any_vl.new_state()
+    any_vl.extend_prompt(frame, "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>", [picture])
+    before = tensors(frame)
+    tails = [any_vl.encode(f"{when}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n") for when in
+             ("Is a person at the door", "Is it dark", "Is a red car parked in the driveway next to the gate",
+              "Is a dog in the yard", "Rain")]
+    assert len({len(tail) for tail in tails}) > 2
+    one_by_one = any_vl.fork_logits(frame, tails)
+    batched = any_vl.fork_logits(frame, tails, rows=3)
+    for tail, single, row in zip(tails, one_by_one, batched, strict=True):
+        np.testing.assert_allclose(row, single, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(single, any_vl.extend(frame.fork(), tail), atol=0, rtol=0)
+        assert int(np.argmax(row)) == int(np.argmax(single))
+    for name, value in tensors(frame).items():  # the forks leave their parent as it was
+        np.testing.assert_array_equal(value, before[name])
+
+
 def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(any_vl: Engine, picture: Path) -> None:
     head = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
     questions = ["Is there a person?<|im_end|>\n<|im_start|>assistant\n",

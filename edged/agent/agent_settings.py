@@ -38,6 +38,10 @@ class AgentConfig(BaseModel):
     frames_kept: int = Field(
         8, ge=1, le=256, description="recent frames per camera an ask may name by frame_seq (kept as pixels, read again when asked)"
     )
+    reuse_read_within_s: float = Field(
+        10.0, ge=0, description="a question about a camera's newest frame is answered from the newest frame "
+        "already read when it was captured at most this long before the newest one, instead of waiting for a "
+        "new read (seconds at 0.8B on a small board); 0: always read the newest frame first")
     stale_after_s: float = Field(
         10.0, gt=0, description="rule, detect and describe work on a frame older than this is dropped (and counted)"
     )

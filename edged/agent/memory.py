@@ -50,15 +50,18 @@ class AgentMemory:
             self._reads = {**self._reads, frame.camera: read}
         return read
 
-    def newest_read(self, camera: str | None, tasks: FrameTasks) -> ReadFrame | None:
-        """The newest frame of ``camera`` (of any camera when None), read. Asked between the
-        pieces of that frame's own read, the camera's last finished read: a question does not
-        wait for the frame being read, nor read it a second time."""
+    def newest_read(self, camera: str | None, tasks: FrameTasks, reuse_within_s: float = 0.0) -> ReadFrame | None:
+        """The newest frame of ``camera`` (of any camera when None), read; or the camera's
+        last finished read, when its frame was captured at most ``reuse_within_s`` before the
+        newest, so that a question need not wait for a read. Asked between the pieces of the
+        newest frame's own read, that last finished read too: a question never reads the
+        frame being read a second time."""
         frame = self.newest(camera)
         if frame is None:
             return None
         earlier = self._reads.get(frame.camera)
-        if self._reading.get(frame.camera) is frame and earlier is not None:
+        if earlier is not None and (frame.monotonic - earlier.frame.monotonic <= reuse_within_s
+                                    or self._reading.get(frame.camera) is frame):
             return earlier
         return self.read(frame, tasks)
 

@@ -195,7 +195,7 @@ class AgentRequests:
             read = self._memory.read(named, tasks) if named is not None else None
             missing = f"frame {request.frame_seq} of camera {request.camera} is not among the frames kept"
         else:
-            read = self._memory.newest_read(request.camera, tasks)
+            read = self._memory.newest_read(request.camera, tasks, self._settings().agent.reuse_read_within_s)
             missing = f"no frame yet from camera {request.camera or '(any)'}"
         if read is None:
             respond.error("not_found", missing)
@@ -204,7 +204,7 @@ class AgentRequests:
 
     def _newest_read_or_report(self, camera: str, respond: Respond) -> ReadFrame | None:
         """The newest frame of ``camera``, read; None once the client has been told there is none."""
-        read = self._memory.newest_read(camera, self._tasks)
+        read = self._memory.newest_read(camera, self._tasks, self._settings().agent.reuse_read_within_s)
         if read is None:
             respond.error("not_found", f"no frame yet from camera {camera}")
         return read

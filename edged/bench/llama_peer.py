@@ -14,6 +14,7 @@ never text, so it is told the Qwen2 pre-tokenizer, the real models' own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,10 +35,8 @@ def converter_dir() -> Path:
     folder = Path(os.environ.get(CONVERTER_ENV) or Path(sys.prefix) / "share/edged/llama.cpp")
     if not (folder / "convert_hf_to_gguf.py").exists():
         raise PeerMissing(f"llama.cpp's converter is not in {folder}: run deploy/llama-peer.sh (or set {CONVERTER_ENV})")
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        raise PeerMissing("llama-cpp-python is not installed: run deploy/llama-peer.sh") from None
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise PeerMissing("llama-cpp-python is not installed: run deploy/llama-peer.sh")
     return folder
 
 

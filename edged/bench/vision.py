@@ -118,8 +118,8 @@ def cosines(ours: VisionSide, reference: VisionSide) -> np.ndarray:
     return np.concatenate(values)
 
 
-def probability_change(ours: VisionSide, reference: VisionSide) -> float:
-    """The largest change in any rule's P(yes) on any picture."""
-    return max(abs(a - b) for name in ours.probabilities
-               for a, b in zip(ours.probabilities[name], reference.probabilities[name], strict=True))
+def probability_changes(ours: VisionSide, reference: VisionSide) -> np.ndarray:
+    """Each rule's change in P(yes) on each picture."""
+    return np.asarray([abs(a - b) for name in ours.probabilities
+                       for a, b in zip(ours.probabilities[name], reference.probabilities[name], strict=True)])
 

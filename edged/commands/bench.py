@@ -19,13 +19,28 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         description="Decode and prefill speed, 8-rule fan-out on one image, time to first token after a\n"
         "cached prefix, peak memory and saved-session size: edged against og.Generator on the\n"
         "same package, in one run. og runs twice: as the package configures it (what its users\n"
-        "get; the goals' baseline) and told edged's thread count. Takes a few seconds on the tiny\n"
-        "model, about 5 minutes on 0.8B.",
+        "get) and told edged's thread count (the headline ratios). Then decode again while another\n"
+        "process keeps a core busy; with --float-vision, the package's vision encoder against a\n"
+        "float32 one; with --against llama.cpp, llama.cpp on the package's checkpoint. A few\n"
+        "seconds on the tiny model, 10 to 20 minutes on 0.8B.",
+        epilog="example, at 0.8B:\n"
+        "  edged models build --size 0.8b --out m --keep-checkpoint\n"
+        "  edged models build --size 0.8b --out f32 --vision-precision fp32\n"
+        "  bash deploy/llama-peer.sh            # llama-cpp-python and llama.cpp's converter\n"
+        "  edged bench engine --model m/vl-int4 --threads 2 --float-vision f32/vl-int4 --against llama.cpp",
     )
     engine.add_argument("--model", type=Path, required=True, metavar="DIR", help="model package")
     engine.add_argument("--threads", type=int, default=0, help="edged's intra-op threads, and og's in its second run (0: all cores)")
     engine.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best counts")
     engine.add_argument("--image", type=Path, help="picture for the fan-out (default: a 448x448 test pattern)")
+    engine.add_argument("--float-vision", type=Path, metavar="DIR",
+                        help="a package of the same checkpoint built with --vision-precision fp32")
+    engine.add_argument("--against", choices=["llama.cpp"], help="also run this peer on the package's checkpoint")
+    engine.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="the checkpoint the package was built from (default: ../checkpoint beside the package, "
+                        "as --keep-checkpoint leaves it)")
+    engine.add_argument("--no-contended", action="store_false", dest="contended",
+                        help="leave out the decode with one core kept busy")
     engine.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     engine.set_defaults(handler=_engine)
     ops = sub.add_parser(
@@ -60,11 +75,12 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         "agent", help="the whole daemon: capture-to-rules and capture-to-event latency, answer speed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the daemon on a model with a synthetic camera (1 frame/s, 4 rules, a description every\n"
-        "10 s), ask it three questions, and report how fresh its rule decisions are and how fast it\n"
-        "answers, as status and the events' timestamps show them.",
+        "10 s), ask it questions at even intervals while the rules run, and report how fresh its rule\n"
+        "decisions are, how fast it answers (p50 and p99 round trip) and its peak memory.",
     )
     agent.add_argument("--model", type=Path, default=None, metavar="DIR", help="model package (default: the bundled one)")
     agent.add_argument("--seconds", type=float, default=60.0, help="how long to watch (default 60)")
+    agent.add_argument("--asks", type=int, default=10, help="questions asked at even intervals (default 10)")
     agent.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
     agent.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     agent.set_defaults(handler=_agent)
@@ -86,8 +102,24 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
 
 def _engine(args: argparse.Namespace) -> int:
     from edged.bench.engine import as_json, format_table, run_engine_bench
+    from edged.bench.llama_peer import PeerMissing, converter_dir
 
-    result = run_engine_bench(args.model, threads=args.threads, repeats=args.repeats, image=args.image)
+    checkpoint = None
+    if args.against == "llama.cpp":
+        checkpoint = args.checkpoint or args.model.resolve().parent / "checkpoint"
+        if not (checkpoint / "config.json").exists():
+            print(f"edged bench engine: --against llama.cpp needs the package's checkpoint: {checkpoint} has no "
+                  "config.json (give --checkpoint DIR)", file=sys.stderr)
+            return 2
+    try:
+        if checkpoint is not None:
+            converter_dir()  # before anything runs: is llama.cpp there at all
+        result = run_engine_bench(args.model, threads=args.threads, repeats=args.repeats, image=args.image,
+                                  float_vision=args.float_vision, llama_checkpoint=checkpoint,
+                                  contended=args.contended, progress=lambda line: print(f"... {line}", file=sys.stderr))
+    except PeerMissing as error:
+        print(f"edged bench engine: {error}", file=sys.stderr)
+        return 1
     print(as_json(result) if args.as_json else format_table(result))
     return 0
 
@@ -124,7 +156,7 @@ def _agent(args: argparse.Namespace) -> int:
     from edged.bench.agent import as_json, format_table, run_agent_bench
     from edged.models.installed import BUNDLED_PACKAGE
 
-    result = run_agent_bench(args.model or BUNDLED_PACKAGE, seconds=args.seconds, threads=args.threads)
+    result = run_agent_bench(args.model or BUNDLED_PACKAGE, seconds=args.seconds, threads=args.threads, asks=args.asks)
     print(as_json(result) if args.as_json else format_table(result))
     return 0
 
