@@ -542,3 +542,12 @@ def test_a_question_between_the_pieces_of_a_frames_read_uses_the_cameras_last_fi
     assert memory.newest_read("door", tasks) is read and read.provenance.frame_seq == 2
     alone = tasks.read(second)
     np.testing.assert_array_equal(read.state.logits, alone.state.logits)
+    # A question about the camera's newest frame takes the last finished read while that is
+    # recent enough ([agent] reuse_read_within_s), and reads the newest frame otherwise.
+    third = Frame((rng.random((64, 64, 3)) * 255).astype(np.uint8), "door", 3, second.monotonic + 1.0, time.time())
+    memory.remember(third, keep=4)
+    encoded = engine.counters.images_encoded
+    assert memory.newest_read("door", tasks, reuse_within_s=1.5) is read
+    assert engine.counters.images_encoded == encoded
+    assert memory.newest_read("door", tasks, reuse_within_s=0.5).provenance.frame_seq == 3
+    assert engine.counters.images_encoded == encoded + 1
