@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.bench.timing import best
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
 
@@ -102,17 +103,6 @@ class EngineBench:
     llama_prefill_ratio: float = float("nan")
     """llama.cpp Q4_K_M's 128-token prefill time over edged's."""
     llama_prefill_512_ratio: float = float("nan")
-
-
-def best(run: Callable[[], object], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` runs, after one warm-up run."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 class OgRunner:

@@ -87,7 +87,7 @@ def measure(package: Path, threads: int, repeats: int, rules: list[str], spin: b
     """Image features of every picture, P(yes) of ``rules`` on each, and the best encode and
     frame-read times of ``repeats`` on the first drawn scene, from a freshly loaded engine."""
     from edged.agent.tasks import FrameTasks
-    from edged.bench.engine import best
+    from edged.bench.timing import best
     from edged.engine.engine import Engine
 
     engine = Engine(package, threads=threads, max_length=1024, spin=spin)
