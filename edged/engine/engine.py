@@ -176,7 +176,7 @@ class Engine:
         stepped one token at a time. That is the only batch the CPU decoder takes on top of a
         state (onnxruntime's GroupQueryAttention runs a prompt of several tokens over a past
         for a batch of one only), and on a CPU it loses: 8 rules of 30 tokens on a read frame
-        took 2.4x the time of one prompt per rule at 0.8B (docs/engine.md). So the daemon
+        took 2.3 to 2.4x the time of one prompt per rule at 0.8B (docs/engine.md). So the daemon
         runs one continuation after another, the default."""
         if rows <= 1:
             return [self.extend(state.fork(), continuation).copy() for continuation in continuations]
