@@ -417,6 +417,22 @@ def test_jobs_run_by_priority_then_arrival_and_late_ones_are_dropped_and_counted
     assert dict(queue.dropped) == {"rules": 1} and len(queue) == 0
 
 
+def test_a_read_lets_questions_in_only_within_their_share_against_the_rules() -> None:
+    from edged.agent.scheduler import ASK, RULES, JobQueue
+
+    queue = JobQueue()
+    queue.put(RULES, lambda: None)  # the frame's other rules, waiting behind the read
+    for _ in range(5):
+        queue.put(ASK, lambda: None)
+    first = queue.take_waiting(ASK, running=RULES)
+    assert first is not None and first.priority == ASK
+    queue.charge(first, 1.0)  # a question's time: now ahead of the rules, which the read has not charged yet
+    assert queue.take_waiting(ASK, running=RULES) is None and queue.waiting(ASK) == 4
+    queue.charge(queue.take(), 1.0)  # the rules job ends and is charged (1 s / 0.3 share)
+    assert queue.take_waiting(ASK, running=RULES) is not None
+    assert queue.take_waiting(RULES, running=ASK) is None  # nothing of that kind waits
+
+
 def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_time() -> None:
     from edged.agent.scheduler import ASK, DESCRIBE, RULES, SHARES, JobQueue
 

@@ -182,11 +182,12 @@ class AgentPart:
         self._refresh_figures()
 
     def _answer_waiting_questions(self) -> None:
-        """Between the pieces of a frame's read: the questions waiting, each on its own state,
-        so that none waits for the whole read (the read's result is the same)."""
+        """Between the pieces of a frame's read (in a rules job): the questions waiting, each
+        on its own state, as long as questions are within their share of time against the
+        rules, so that none waits for the whole read (the read's result is the same)."""
         while not self._stop.is_set():
             self._pulse.beat()
-            job = self._queue.take_waiting(ASK)
+            job = self._queue.take_waiting(ASK, running=RULES)
             if job is None:
                 return
             started = time.monotonic()

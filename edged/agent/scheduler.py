@@ -74,13 +74,17 @@ class JobQueue:
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
             return heapq.heappop(self._waiting[kind])
 
-    def take_waiting(self, priority: int) -> Job | None:
-        """The next job of this kind, if one waits (dropping the stale first), ahead of the
-        fair pick: for a job that lets them in between its pieces."""
+    def take_waiting(self, priority: int, running: int) -> Job | None:
+        """For a job of kind ``running`` that lets others in between its pieces: the next job
+        of kind ``priority``, if one waits (the stale dropped first) and its kind has not had
+        more than its share against ``running``'s. So a flood of questions lets one or two in
+        per frame read, not all: the read goes on, and the rules with it."""
         self._drop_expired()
         with self._lock:
             jobs = self._waiting[priority]
-            return heapq.heappop(jobs) if jobs else None
+            if not jobs or self._used.get(priority, -1.0) > self._used.get(running, -1.0):
+                return None
+            return heapq.heappop(jobs)
 
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
