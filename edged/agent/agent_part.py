@@ -181,13 +181,13 @@ class AgentPart:
         self._queue.charge(job, time.monotonic() - started - (self._lent_s - lent))
         self._refresh_figures()
 
-    def _answer_waiting_questions(self) -> None:
-        """Between the pieces of a frame's read (in a rules job): the questions waiting, each
-        on its own state, as long as questions are within their share of time against the
-        rules, so that none waits for the whole read (the read's result is the same)."""
+    def _answer_waiting_questions(self, running: int = RULES) -> None:
+        """Between the pieces of a frame's read, in a job of kind ``running``: the questions
+        waiting, each on its own state, as long as questions are within their share of time
+        against that kind, so that none waits for the whole read (the read's result is the same)."""
         while not self._stop.is_set():
             self._pulse.beat()
-            job = self._queue.take_waiting(ASK, running=RULES)
+            job = self._queue.take_waiting(ASK, running=running)
             if job is None:
                 return
             started = time.monotonic()
@@ -239,7 +239,7 @@ class AgentPart:
                      probability=round(event.probability, 3))
 
     def _detect_periodically(self, camera: str) -> None:
-        read = self._memory.newest_read(camera, self._tasks)
+        read = self._memory.newest_read(camera, self._tasks, between=partial(self._answer_waiting_questions, DETECT))
         if read is not None:
             detection = self._tasks.detect(read, cancel=self._stop)
             self._memory.set_detection(camera, detection)
@@ -247,7 +247,7 @@ class AgentPart:
             log.info("detection", camera=camera, objects=[o.label for o in detection.objects])
 
     def _describe_periodically(self, camera: str) -> None:
-        read = self._memory.newest_read(camera, self._tasks)
+        read = self._memory.newest_read(camera, self._tasks, between=partial(self._answer_waiting_questions, DESCRIBE))
         if read is not None:
             description = self._tasks.describe(read, cancel=self._stop)
             self._publish("description", read.frame, description)

@@ -50,7 +50,8 @@ class AgentMemory:
             self._reads = {**self._reads, frame.camera: read}
         return read
 
-    def newest_read(self, camera: str | None, tasks: FrameTasks, reuse_within_s: float = 0.0) -> ReadFrame | None:
+    def newest_read(self, camera: str | None, tasks: FrameTasks, reuse_within_s: float = 0.0,
+                    between: Callable[[], None] | None = None) -> ReadFrame | None:
         """The newest frame of ``camera`` (of any camera when None), read; or the camera's
         last finished read, when its frame was captured at most ``reuse_within_s`` before the
         newest, so that a question need not wait for a read. Asked between the pieces of the
@@ -63,7 +64,7 @@ class AgentMemory:
         if earlier is not None and (frame.monotonic - earlier.frame.monotonic <= reuse_within_s
                                     or self._reading.get(frame.camera) is frame):
             return earlier
-        return self.read(frame, tasks)
+        return self.read(frame, tasks, between)
 
     def forget_reads(self) -> None:
         """Reads made under a system prompt no longer in force."""
