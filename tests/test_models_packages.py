@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -273,6 +274,19 @@ def test_build_refuses_fp16_on_cpu_before_doing_any_work(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "fp16 is for --target cuda" in result.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+def test_build_refuses_a_vision_precision_for_cuda_and_records_the_default(tmp_path: Path) -> None:
+    result = edged("models", "build", str(tmp_path), "--out", str(tmp_path / "pkg"), "--target", "cuda",
+                   "--vision-precision", "int8")
+    assert result.returncode == 1 and "--vision-precision is for --target cpu" in result.stderr
+    assert not (tmp_path / "pkg").exists()
+    # The bundled int4 package's encoder is int8, the fp32 package's float32. An ONNX graph
+    # holds its operator names as plain strings: read without the onnx module, which only the
+    # build extra brings.
+    for package, precision, int8 in (("vl-int4", "int8", True), ("vl-fp32", "fp32", False)):
+        assert json.loads((TINY / package / "edged-model.json").read_text())["vision"] == precision
+        assert (b"MatMulInteger" in (TINY / package / "vision_encoder/model.onnx").read_bytes()) is int8
 
 
 def test_build_needs_a_source_or_a_random_size(tmp_path: Path) -> None:
