@@ -273,7 +273,7 @@ def _add_contended(bench: EngineBench, package: Path, threads: int, work: Worklo
         ours = min(_repeat(_edged_decode(engine, work), repeats))
         bench.contended_spin = engine.spin
         del engine
-        theirs = _og_seconds(OgRunner(package, None), work, repeats, only_decode=True)["decode"]
+        theirs = min(_repeat(_og_decode(OgRunner(package, None), work), repeats))
     finally:
         busy.kill()
         busy.wait()
@@ -401,9 +401,8 @@ def _edged_decode(engine, work: Workload) -> Callable[[], None]:
     return decode
 
 
-def _og_seconds(og_runner: OgRunner, work: Workload, repeats: int, only_decode: bool = False) -> dict[str, float]:
-    """The same figures for og.Generator; the fan-out is its examples' pattern, a fresh
-    multimodal Generator per rule."""
+def _og_decode(og_runner: OgRunner, work: Workload) -> Callable[[], None]:
+    """As _edged_decode, for og.Generator."""
     prompt_tokens = len(og_runner.tokenizer.encode(work.decode_prompt))
 
     def decode() -> None:
@@ -416,6 +415,13 @@ def _og_seconds(og_runner: OgRunner, work: Workload, repeats: int, only_decode: 
             count += 1
         decode.seconds = (time.perf_counter() - started) / count  # type: ignore[attr-defined]
 
+    return decode
+
+
+def _og_seconds(og_runner: OgRunner, work: Workload, repeats: int) -> dict[str, float]:
+    """The same figures for og.Generator; the fan-out is its examples' pattern, a fresh
+    multimodal Generator per rule."""
+
     def prefill() -> None:
         og_runner.generator(work.prefill_prompt, None, 140).generate_next_token()
 
@@ -426,9 +432,7 @@ def _og_seconds(og_runner: OgRunner, work: Workload, repeats: int, only_decode: 
     def ttft() -> None:
         og_runner.generator(work.system + work.question, None, 600).generate_next_token()
 
-    if only_decode:
-        return {"decode": min(_repeat(decode, repeats))}
-    return {"decode": min(_repeat(decode, repeats)), "prefill": best(prefill, repeats), "ttft": best(ttft, repeats),
+    return {"decode": min(_repeat(_og_decode(og_runner, work), repeats)), "prefill": best(prefill, repeats), "ttft": best(ttft, repeats),
             "fanout": best(fanout, repeats) if og_runner.multimodal else float("nan")}
 
 

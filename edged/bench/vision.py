@@ -96,12 +96,13 @@ def measure(package: Path, threads: int, repeats: int, rules: list[str], spin: b
     assert grid is not None, f"{package} has no vision encoder this bench knows"
     features, probabilities = {}, {}
     tails = [engine.encode(rule_question(rule) + ANSWER) for rule in rules]
-    for name, picture in pictures().items():
+    every = pictures()
+    for name, picture in every.items():
         pixels, thw = grid.patches(picture)
         features[name] = engine._encode_images(pixels, thw)
         state = tasks.read_picture(picture)
         probabilities[name] = [tasks.probability_of_yes(logits) for logits in engine.fork_logits(state, tails)]
-    scene = pictures()["drawn scene 0"]
+    scene = every["drawn scene 0"]
     pixels, thw = grid.patches(scene)
     encode_s = best(lambda: engine._encode_images(pixels, thw), repeats)
     frame_read_s = best(lambda: tasks.read_picture(scene), repeats)

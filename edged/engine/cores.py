@@ -48,6 +48,3 @@ def free_cores(seconds: float = 0.2) -> float:
         thread.join()
     return sum(got)
 
-
-def cores_all_free(seconds: float = 0.2) -> bool:
-    return free_cores(seconds) >= FREE_ENOUGH * usable_cores()
