@@ -529,6 +529,37 @@ def test_an_answer_is_remembered_as_its_text_reads_so_that_a_conversation_sent_b
     assert not reads_back_the_same(engine, generated(engine.encode(text), "length"), text)  # no end of turn read
 
 
+def test_a_periodic_description_or_detection_lets_questions_in_after_each_token_and_ends_as_without_them() -> None:
+    """A description's or detection's generation runs the waiting questions after each of its
+    tokens (the daemon's periodic ones do), each on its own state: the questions answer as
+    they do alone, and the description and the schema-held detection are the uninterrupted ones."""
+    from conftest import TINY
+
+    from edged.agent.tasks import FrameTasks
+    from edged.capture.frame import Frame
+    from edged.engine.engine import Engine
+
+    engine = Engine(TINY / "vl-int4")
+    tasks = FrameTasks(engine, "You watch the door.")
+    rgb = (np.random.default_rng(9).random((64, 64, 3)) * 255).astype(np.uint8)
+    frame = Frame(rgb, "door", 1, time.monotonic(), time.time())
+    read = tasks.read(frame)
+
+    def ask() -> str:
+        return tasks.generate(tasks.after_system_prompt(), "Who is at the door?", 6)
+
+    alone_answer = ask()
+    description, detection = tasks.describe(read), tasks.detect(read)
+    answers: list[str] = []
+    interrupted_description = tasks.describe(read, between=lambda: answers.append(ask()))
+    generated = len(answers)
+    interrupted_detection = tasks.detect(read, between=lambda: answers.append(ask()))
+    assert generated >= 2 and len(answers) > generated
+    assert all(answer == alone_answer for answer in answers)
+    assert interrupted_description.text == description.text
+    assert interrupted_detection.objects == detection.objects
+
+
 def test_a_question_between_the_pieces_of_a_frames_read_uses_the_cameras_last_finished_read() -> None:
     """The inference thread answers waiting questions between the pieces of a frame's read.
     A question about that camera then gets the frame read before (its provenance says which),

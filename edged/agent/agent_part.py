@@ -182,9 +182,10 @@ class AgentPart:
         self._refresh_figures()
 
     def _answer_waiting_questions(self, running: int = RULES) -> None:
-        """Between the pieces of a frame's read, in a job of kind ``running``: the questions
-        waiting, each on its own state, as long as questions are within their share of time
-        against that kind, so that none waits for the whole read (the read's result is the same)."""
+        """Between the pieces of a frame's read, or the tokens of a periodic description or
+        detection, in a job of kind ``running``: the questions waiting, each on its own state,
+        as long as questions are within their share of time against that kind, so that none
+        waits for the whole job (whose result is the same)."""
         while not self._stop.is_set():
             self._pulse.beat()
             job = self._queue.take_waiting(ASK, running=running)
@@ -239,17 +240,19 @@ class AgentPart:
                      probability=round(event.probability, 3))
 
     def _detect_periodically(self, camera: str) -> None:
-        read = self._memory.newest_read(camera, self._tasks, between=partial(self._answer_waiting_questions, DETECT))
+        questions = partial(self._answer_waiting_questions, DETECT)
+        read = self._memory.newest_read(camera, self._tasks, between=questions)
         if read is not None:
-            detection = self._tasks.detect(read, cancel=self._stop)
+            detection = self._tasks.detect(read, cancel=self._stop, between=questions)
             self._memory.set_detection(camera, detection)
             self._publish("detection", read.frame, detection)
             log.info("detection", camera=camera, objects=[o.label for o in detection.objects])
 
     def _describe_periodically(self, camera: str) -> None:
-        read = self._memory.newest_read(camera, self._tasks, between=partial(self._answer_waiting_questions, DESCRIBE))
+        questions = partial(self._answer_waiting_questions, DESCRIBE)
+        read = self._memory.newest_read(camera, self._tasks, between=questions)
         if read is not None:
-            description = self._tasks.describe(read, cancel=self._stop)
+            description = self._tasks.describe(read, cancel=self._stop, between=questions)
             self._publish("description", read.frame, description)
             log.info("description", camera=camera, text=description.text)
 

@@ -126,42 +126,53 @@ class FrameTasks:
         return RuleEvent(rule=rule.id, version=rule.version, phase=phase, probability=round(probability, 4),
                          provenance=read.provenance.model_copy(update={"prompt_version": rule.version}))
 
-    def describe(self, read: ReadFrame, cancel: threading.Event | None = None) -> Description:
-        return Description(text=self.generate(read.state.fork(), DESCRIBE_PROMPT, 48, cancel=cancel),
+    def describe(self, read: ReadFrame, cancel: threading.Event | None = None,
+                 between: Callable[[], None] | None = None) -> Description:
+        """A short description of the read frame; ``between`` runs after each of its tokens."""
+        return Description(text=self.generate(read.state.fork(), DESCRIBE_PROMPT, 48, cancel=cancel, between=between),
                            provenance=read.provenance)
 
     def detect(self, read: ReadFrame, labels: list[str] | None = None,
-               cancel: threading.Event | None = None) -> Detection:
+               cancel: threading.Event | None = None, between: Callable[[], None] | None = None) -> Detection:
         """Objects as JSON constrained to a schema; boxes come in Qwen's 0-1000 coordinates
-        and go out in pixels of the frame the model saw."""
+        and go out in pixels of the frame the model saw. ``between`` runs after each token."""
         only = f" Only these kinds: {', '.join(labels)}." if labels else ""
         text = self.generate(read.state.fork(), "List the objects you see as JSON: label, count, box "
                              f"[x1, y1, x2, y2] in 0-1000 coordinates.{only}", 200, schema=DETECTION_SCHEMA,
-                             cancel=cancel)
+                             cancel=cancel, between=between)
         height, width = read.frame.rgb.shape[:2]
         return Detection(objects=objects_in_pixels(text, width, height), provenance=read.provenance)
 
     def generate(self, state: State, prompt: str, max_tokens: int, on_text: Callable[[str], None] | None = None,
-                 schema: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> str:
+                 schema: dict[str, Any] | None = None, cancel: threading.Event | None = None,
+                 between: Callable[[], None] | None = None) -> str:
         """The user turn ``prompt`` on top of ``state`` and the model's answer to it; the
         state follows along. Raises ``Cancelled`` when ``cancel`` is set."""
         options = GenerationOptions(max_tokens=max_tokens, json_schema=schema)
-        return self.answer(state, prompt, options, on_text, cancel).text.strip()
+        return self.answer(state, prompt, options, on_text, cancel, between).text.strip()
 
     def answer(self, state: State, prompt: str, options: GenerationOptions,
-               on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Generation:
-        """As ``generate``, with every generation option, and the whole outcome."""
+               on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+               between: Callable[[], None] | None = None) -> Generation:
+        """As ``generate``, with every generation option, and the whole outcome. ``between``
+        runs after each token, on other states (the daemon answers waiting questions there);
+        the answer is the one an uninterrupted generation gives, and its speed leaves that
+        time out."""
         started = time.perf_counter()
         self.engine.extend_prompt(state, f"{prompt}{ANSWER}")
         generation = self.engine.generate(state, options, cancel)
-        first = None
+        first, lent = None, 0.0
         for _, piece in generation:
             first = first or time.perf_counter()
             if on_text is not None and piece:
                 on_text(piece)
+            if between is not None:
+                paused = time.perf_counter()
+                between()
+                lent += time.perf_counter() - paused
         if generation.finish_reason == "cancelled":
             raise Cancelled()
-        finished = time.perf_counter()
+        finished = time.perf_counter() - lent
         if first is not None:
             self.figures.ttft_ms = round((first - started) * 1000, 1)
             if len(generation.tokens) > 1 and finished > first:
