@@ -396,6 +396,35 @@ when = "Is there anything in the picture"
     assert daemon.wait() == 0
 
 
+def test_a_frame_whose_rules_started_in_time_has_every_rule_run_on_it(start_daemon, notify_socket: NotifySocket,
+                                                                     tmp_path: Path) -> None:
+    """The deadline is for starting a frame's work. Once the read is made, every rule runs on
+    it even when that takes the frame past stale_after_s: a large model on a small board
+    reads a frame for longer than the deadline, and dropping the rules after the first left
+    it with no frame whose rules all ran."""
+    rules = "".join(f'[[cameras.front.rules]]\nid = "rule{n}"\nwhen = "Is there a thing number {n}"\n'
+                    for n in range(16))
+    stale_after_s = 0.04
+    config = write_config(tmp_path / "edged.toml", f"""
+[agent]
+stale_after_s = {stale_after_s}
+[cameras.front]
+source = "synthetic"
+fps = 2.0
+gate_threshold = 0.0
+{rules}""")
+    daemon = start_daemon("--config", str(config))
+    notify_socket.wait_for("READY", "1")
+    with Client(daemon.control, timeout=30) as client:
+        wait_until(lambda: client.status().rules["front"][-1].evaluations >= 3, what="three frames with every rule")
+        status = client.status()
+    evaluations = {rule.evaluations for rule in status.rules["front"]}
+    assert len(evaluations) == 1, status.rules["front"]  # each frame: all of its rules, or none
+    assert status.frame_to_rules_ms > stale_after_s * 1000  # the last rules ran past the deadline, as they should
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
 # -- the scheduler on its own -----------------------------------------------------------------
 
 

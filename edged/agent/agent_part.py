@@ -26,7 +26,7 @@ from edged.agent.agent_settings import AgentSettings
 from edged.agent.frame_policy import TaskPeriods
 from edged.agent.memory import AgentMemory
 from edged.agent.requests import AgentRequests
-from edged.agent.rules import RuleTracker, trackers_for
+from edged.agent.rules import trackers_for
 from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, Job, JobQueue, RoundRobin
 from edged.agent.tasks import Cancelled, FrameTasks
 from edged.bus.schema import ErrorEvent, InferenceFigures, Request
@@ -204,8 +204,8 @@ class AgentPart:
         name, frame = found
         self._memory.remember(frame, self._settings.agent.frames_kept)
         deadline = frame.monotonic + self._settings.agent.stale_after_s
-        for tracker in self._memory.trackers.get(name, []):
-            self._queue.put(RULES, partial(self._evaluate, frame, tracker), deadline)
+        if self._memory.trackers.get(name):
+            self._queue.put(RULES, partial(self._evaluate_rules, frame), deadline)
         camera = self._settings.cameras.get(name)
         if camera is not None:
             for task in self._periods.due(name, camera, time.monotonic()):
@@ -227,17 +227,23 @@ class AgentPart:
 
         self._queue.put(PERIODIC_KINDS[task], run, deadline, expire=lambda: self._scheduled.discard(key))
 
-    def _evaluate(self, frame: Frame, tracker: RuleTracker) -> None:
-        trackers = self._memory.trackers.get(frame.camera, [])
-        if tracker not in trackers:
-            return  # the rule was replaced or removed after this job was queued
-        event = self._tasks.evaluate_rule(self._memory.read(frame, self._tasks, self._answer_waiting_questions), tracker)
-        if tracker is trackers[-1]:
-            self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
-        if event is not None:
-            self._publish("rule", frame, event)
-            log.info("rule event", camera=frame.camera, rule=event.rule, phase=event.phase,
-                     probability=round(event.probability, 3))
+    def _evaluate_rules(self, frame: Frame) -> None:
+        """Every rule of the frame's camera on one read of the frame, waiting questions let in
+        between. One job, so that the deadline is for starting the frame's work: once the read
+        is paid for, a rule costs a fork and a few tokens. As a job per rule, a 4B model on two
+        cores (an 11 s read) saw every rule after the first pass its deadline: no frame's rules
+        ever all ran."""
+        read = self._memory.read(frame, self._tasks, self._answer_waiting_questions)
+        for tracker in self._memory.trackers.get(frame.camera, []):
+            if self._stop.is_set():
+                return
+            self._answer_waiting_questions(RULES)
+            event = self._tasks.evaluate_rule(read, tracker)
+            if event is not None:
+                self._publish("rule", frame, event)
+                log.info("rule event", camera=frame.camera, rule=event.rule, phase=event.phase,
+                         probability=round(event.probability, 3))
+        self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
 
     def _detect_periodically(self, camera: str) -> None:
         questions = partial(self._answer_waiting_questions, DETECT)
