@@ -40,6 +40,27 @@ def test_bench_engine_says_what_llama_cpp_needs(tmp_path) -> None:
     assert no_peer.returncode == 1 and "deploy/llama-peer.sh" in no_peer.stderr
 
 
+def test_bench_sizes_measures_each_package_in_its_own_process() -> None:
+    from edged.models.manifest import read_manifest
+
+    packages = [TINY / "vl-int4", TINY / "vl-fp32"]
+    result = edged("bench", "sizes", *(arg for p in packages for arg in ("--model", str(p))), "--repeats", "1",
+                   "--threads", "1", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert [f["model"] for f in figures] == [read_manifest(p).name for p in packages]
+    for package, found in zip(packages, figures, strict=True):
+        assert found["package_mb"] == round(read_manifest(package).size_bytes / 1e6, 1)
+        for key in ("load_s", "load_rss_mib", "frame_read_s", "rules_8_s", "decode_tok_s"):
+            assert found[key] > 0, key
+        assert found["frame_with_8_rules_s"] == pytest.approx(found["frame_read_s"] + found["rules_8_s"], abs=0.002)
+        assert found["peak_rss_mib"] >= found["load_rss_mib"]
+    # the int4 package's vision encoder is int8, the other's float32
+    assert figures[0]["vision_mb"] < figures[1]["vision_mb"]
+    text_only = edged("bench", "sizes", "--model", str(TINY / "text-int4"), timeout=60)
+    assert text_only.returncode == 2 and "text-only" in text_only.stderr
+
+
 def test_bench_bus_runs_and_reports_every_figure() -> None:
     result = edged("bench", "bus", "--messages", "2000", "--json", timeout=120)
     assert result.returncode == 0, result.stderr

@@ -189,3 +189,19 @@ def test_int4_multimodal_package_embeds_text_exactly_as_the_text_package(rebuilt
     np.testing.assert_allclose(vl_logits, text_logits, atol=1e-5, rtol=0)
     table = (rebuilt / "vl-int4/embedding/model.onnx.data").stat().st_size
     assert table < (rebuilt / "vl-fp32/embedding/model.onnx.data").stat().st_size / 4
+
+
+@pytest.mark.parametrize(("size", "billions"), [("0.8b", 0.8), ("2b", 2.0), ("4b", 4.0)])
+def test_a_random_benchmark_model_is_as_large_as_the_model_it_is_named_after(size: str, billions: float) -> None:
+    # The benchmark sizes stand in for the published checkpoints in every figure of
+    # docs/engine.md: their parameter count (text and vision) must be the named one, within
+    # the rounding of the name. Counted on the meta device: nothing is allocated.
+    import torch
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    from edged.recipe.checkpoint import build_tokenizer, checkpoint_config
+
+    with torch.device("meta"):
+        model = Qwen3_5ForConditionalGeneration(checkpoint_config(size, build_tokenizer()))
+    parameters = sum(p.numel() for p in model.parameters()) / 1e9
+    assert billions <= parameters < billions * 1.15, parameters

@@ -59,6 +59,24 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     ops.add_argument("--tokens", type=int, default=128, help="prompt tokens to prefill (default 128, at most 256)")
     ops.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     ops.set_defaults(handler=_ops)
+    sizes = sub.add_parser(
+        "sizes", help="what each model size costs: package, memory, a frame's read and rules, decode",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For each vision-language package, in a fresh process of its own: package and vision\n"
+        "encoder size, load time and resident memory, a 448x448 frame's read (vision encoder, then\n"
+        "its tokens), eight rules on that frame, decode tok/s and the process's peak memory. The\n"
+        "figures behind docs/engine.md's table of sizes and the catalog's RAM figures. About 2\n"
+        "minutes at 0.8B on two cores, 10 at 4B.",
+        epilog="example, the three published sizes with random weights:\n"
+        "  for s in 0.8b 2b 4b; do edged models build --size $s --out m$s; done\n"
+        "  edged bench sizes --model m0.8b/vl-int4 --model m2b/vl-int4 --model m4b/vl-int4 --threads 2",
+    )
+    sizes.add_argument("--model", type=Path, action="append", required=True, metavar="DIR",
+                       help="a vision-language package; give it once per package")
+    sizes.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    sizes.add_argument("--repeats", type=int, default=2, help="timed runs per figure; the best counts")
+    sizes.add_argument("--json", action="store_true", dest="as_json", help="print a JSON list")
+    sizes.set_defaults(handler=_sizes)
     bus = sub.add_parser("bus", help="the bus against raw pyzmq: publish rate and ask latency",
                          description="Publish 200-byte events through edged's publisher and through a raw pyzmq "
                          "PUB socket, side by side; and the ask round trip with an agent that answers at once.")
@@ -133,6 +151,31 @@ def _ops(args: argparse.Namespace) -> int:
         print(f"edged bench ops: {error}", file=sys.stderr)
         return 2
     print(as_json(result) if args.as_json else format_table(result))
+    return 0
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    from edged.bench.sizes import as_json, format_table, run_sizes_bench
+
+    from edged.models.manifest import ManifestError, read_manifest
+
+    for path in args.model:
+        try:
+            manifest = read_manifest(path)
+        except ManifestError as error:
+            print(f"edged bench sizes: {error}", file=sys.stderr)
+            return 2
+        if "image" not in manifest.modalities:
+            print(f"edged bench sizes: {path} is a text-only package; give the vision-language one "
+                  "(vl-int4 in a --size build)", file=sys.stderr)
+            return 2
+    try:
+        figures = run_sizes_bench(args.model, threads=args.threads, repeats=args.repeats,
+                                  progress=lambda line: print(f"... {line}", file=sys.stderr, flush=True))
+    except RuntimeError as error:
+        print(f"edged bench sizes: {error}", file=sys.stderr)
+        return 1
+    print(as_json(figures) if args.as_json else format_table(figures))
     return 0
 
 

@@ -21,7 +21,8 @@ examples:
   edged models build Qwen/Qwen3.5-0.8B --out qwen3.5-0.8b-int4-cpu
   edged models build ./Qwen3.5-2B --out pkg --precision int4 --target cuda
   edged models build --tiny --out tiny          # the random test model: 3 small packages
-  edged models build --size 0.8b --out bench    # random weights at 0.8B's size (7 GB RAM)"""
+  edged models build --size 0.8b --out bench    # random weights at 0.8B's size (7 GB RAM)
+  edged models build --size 4b --out bench4b    # at 4B's (24 GB RAM, 11 minutes on 2 cores)"""
 
 
 def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None:
@@ -53,7 +54,8 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
                        "a quarter of the size, image features at cosine 0.998 of fp32)")
     build.add_argument("--name", help="package name (default: from SOURCE, precision and target)")
     build.add_argument("--tiny", action="store_true", help="build the random tiny test model instead of SOURCE")
-    build.add_argument("--size", choices=["tiny", "0.8b"], help="a random model of this size instead of SOURCE")
+    build.add_argument("--size", choices=["tiny", "0.8b", "2b", "4b"],
+                       help="a random model with this size's published dimensions instead of SOURCE")
     build.add_argument("--keep-checkpoint", action="store_true", help="with --tiny/--size: keep the checkpoint in OUT")
     build.set_defaults(handler=_build)
 

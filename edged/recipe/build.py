@@ -334,6 +334,9 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
         ("text-int4", BuildOptions(precision="int4", text_only=True)),
         ("vl-int4", BuildOptions(precision="int4")),
     ],
+    # The larger sizes are measured as a camera runs them: one vision-language package each.
+    "2b": [("vl-int4", BuildOptions(precision="int4"))],
+    "4b": [("vl-int4", BuildOptions(precision="int4"))],
 }
 
 

@@ -1,8 +1,9 @@
 """Deterministic random Qwen3.5 checkpoints with a small tokenizer of their own.
 
-``tiny`` is the test model (about 0.4 M parameters, text and vision); ``0.8b`` has
-Qwen3.5-0.8B's text dimensions, for benchmarks. No hub is needed: the tokenizer is trained
-here on generated text, and the weights are drawn from a seeded generator.
+``tiny`` is the test model (about 0.4 M parameters, text and vision); ``0.8b``, ``2b`` and
+``4b`` have the published Qwen3.5 models' dimensions (text and vision tower), for
+benchmarks. No hub is needed: the tokenizer is trained here on generated text, and the
+weights are drawn from a seeded generator.
 
 Two initialisation traps are avoided on purpose, or tests built on these models prove
 nothing: transformers' default N(0, 0.02) with tied embeddings makes greedy decoding repeat
@@ -20,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-Size = Literal["tiny", "0.8b"]
+Size = Literal["tiny", "0.8b", "2b", "4b"]
 SEED = 1234
 
 SPECIAL_TOKENS = [
@@ -68,6 +69,10 @@ who where when how many one two three four five six seven eight nine ten zero de
 question rule event detect box label count see sees seen shows show looking look package
 delivery table chair tree grass sky cloud rain snow night day morning evening time""".split()
 
+# The published checkpoints' text_config (Qwen/Qwen3.5-0.8B, -2B, -4B): all tie the embeddings
+# and share the rope settings and the 248,320-token vocabulary.
+_ROPE = {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+         "mrope_section": [11, 11, 10], "mrope_interleaved": True}
 TEXT_DIMENSIONS: dict[Size, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -82,15 +87,28 @@ TEXT_DIMENSIONS: dict[Size, dict[str, Any]] = {
         num_key_value_heads=2, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
         linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
         max_position_embeddings=262144, vocab_size=248320,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
-                         "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+        rope_parameters=_ROPE,
+    ),
+    "2b": dict(
+        hidden_size=2048, intermediate_size=6144, num_hidden_layers=24, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
+        linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+        max_position_embeddings=262144, vocab_size=248320, rope_parameters=_ROPE,
+    ),
+    "4b": dict(
+        hidden_size=2560, intermediate_size=9216, num_hidden_layers=32, num_attention_heads=16,
+        num_key_value_heads=4, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
+        linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+        max_position_embeddings=262144, vocab_size=248320, rope_parameters=_ROPE,
     ),
 }
-# The tiny tower is the smallest that exercises every vision op; 0.8b's is ViT-B-sized, an
-# assumption standing in for the real model's tower in benchmarks.
+# The tiny tower is the smallest that exercises every vision op; the others are the published
+# vision_config (2B and 4B share one tower, projected to their own hidden size).
 VISION_DIMENSIONS: dict[Size, dict[str, Any]] = {
     "tiny": dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=2304),
     "0.8b": dict(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12, num_position_embeddings=2304),
+    "2b": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, num_position_embeddings=2304),
+    "4b": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, num_position_embeddings=2304),
 }
 IMAGE_PROCESSOR = {
     "image_processor_type": "Qwen2VLImageProcessor",
@@ -137,26 +155,11 @@ def build_tokenizer(seed: int = SEED) -> Any:
     return tokenizer
 
 
-def build_checkpoint(out: Path, size: Size = "tiny", seed: int = SEED) -> Path:
-    """Write a Hugging Face checkpoint folder (config, weights, tokenizer) into ``out``."""
-    import torch
-    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
-    from transformers.utils import logging as transformers_logging
+def checkpoint_config(size: Size, tokenizer: Any) -> Any:
+    """The transformers config of a random checkpoint of ``size`` with ``tokenizer``'s ids."""
+    from transformers import Qwen3_5Config
 
-    transformers_logging.disable_progress_bar()
-
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(seed)
-    tokenizer.save(str(out / "tokenizer.json"))
     token = tokenizer.token_to_id
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 4096, "add_prefix_space": False,
-        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
-        "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,
-    }, indent=2))
-    (out / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR, indent=2))
-
     text = {"vocab_size": tokenizer.get_vocab_size(), **TEXT_DIMENSIONS[size]}
     text.update(tie_word_embeddings=True, eos_token_id=token("<|im_end|>"), pad_token_id=token("<|endoftext|>"))
     vision = {**VISION_DIMENSIONS[size], "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
@@ -167,11 +170,40 @@ def build_checkpoint(out: Path, size: Size = "tiny", seed: int = SEED) -> Path:
         vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
     )
     config.architectures = ["Qwen3_5ForConditionalGeneration"]
+    return config
+
+
+def build_checkpoint(out: Path, size: Size = "tiny", seed: int = SEED) -> Path:
+    """Write a Hugging Face checkpoint folder (config, weights, tokenizer) into ``out``."""
+    import torch
+    from transformers import Qwen3_5ForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 4096, "add_prefix_space": False,
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+        "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "chat_template": CHAT_TEMPLATE,
+    }, indent=2))
+    (out / "preprocessor_config.json").write_text(json.dumps(IMAGE_PROCESSOR, indent=2))
+
+    config = checkpoint_config(size, tokenizer)
     torch.manual_seed(seed)
-    model = Qwen3_5ForConditionalGeneration(config).eval()
+    # The benchmark sizes are made in bfloat16, as the real checkpoints ship: the 4B in float32
+    # would need 18 GB before the builder even starts. Values are drawn in float32 either way.
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Qwen3_5ForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     _initialise(model, torch.Generator().manual_seed(seed))
-    if size != "tiny":
-        model = model.to(torch.bfloat16)  # as the real checkpoints ship; half the disk
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -179,14 +211,17 @@ def build_checkpoint(out: Path, size: Size = "tiny", seed: int = SEED) -> Path:
 def _initialise(model: Any, generator: Any) -> None:
     import torch
 
+    def drawn(parameter: Any) -> Any:
+        return torch.empty(parameter.shape, dtype=torch.float32)
+
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("A_log"):
-                parameter.copy_(torch.log(torch.empty_like(parameter).uniform_(0.001, 0.05, generator=generator)))
+                parameter.copy_(torch.log(drawn(parameter).uniform_(0.001, 0.05, generator=generator)))
             elif name.endswith("dt_bias"):
                 parameter.fill_(-1.0)
             elif "embed" in name and parameter.dim() == 2:
-                parameter.normal_(0.0, 0.1, generator=generator)
+                parameter.copy_(drawn(parameter).normal_(0.0, 0.1, generator=generator))
             elif parameter.dim() >= 2:
                 fan_in = parameter[0].numel()
-                parameter.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+                parameter.copy_(drawn(parameter).normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator))
