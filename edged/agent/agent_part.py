@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import structlog
@@ -43,6 +44,13 @@ from edged.parts import EX_DATAERR, ProgressMonitor, StartRefused
 log = structlog.get_logger()
 
 PERIODIC_KINDS = {"detect": DETECT, "describe": DESCRIBE}
+
+
+@dataclass
+class _Running:
+    job: Job
+    charged_until: float
+    """time.monotonic() up to which the job's time has been charged to its kind."""
 
 
 class AgentPart:
@@ -73,8 +81,8 @@ class AgentPart:
         self._tasks: FrameTasks | None = None  # with the engine, at start
         self._sessions: SessionStore | None = None  # with the engine, at start
         self._stop_deadline = math.inf
-        self._lent_s = 0.0
-        """Seconds of questions answered between the pieces of other jobs, in all."""
+        self._running: list[_Running] = []
+        """The job running, then each job it let in, innermost last."""
         self.engine_loads = 0
         self._frame_to_event_ms: float | None = None
         self._frame_to_rules_ms: float | None = None
@@ -168,7 +176,7 @@ class AgentPart:
             self._run_job(job)
 
     def _run_job(self, job: Job) -> None:
-        started, lent = time.monotonic(), self._lent_s
+        self._running.append(_Running(job, time.monotonic()))
         try:
             job.run()
         except Cancelled:
@@ -177,9 +185,20 @@ class AgentPart:
             log.exception("inference job failed")
             # no client waits on a rule, detection or description: subscribers hear of it instead
             self.publish("error", None, ErrorEvent(code="internal", message=f"{type(error).__name__}: {error}"))
-        # time spent on questions let in between this job's pieces is theirs, charged to them
-        self._queue.charge(job, time.monotonic() - started - (self._lent_s - lent))
+        finally:
+            self._charge_running()
+            self._running.pop()
+            if self._running:  # the time a question let in took is its own, not the job's it came into
+                self._running[-1].charged_until = time.monotonic()
         self._refresh_figures()
+
+    def _charge_running(self) -> None:
+        """Charge the running job's kind with its time so far: a job that lets questions in
+        must have its time counted before their share is weighed against it, or every
+        question after the first waits for the whole job."""
+        running, now = self._running[-1], time.monotonic()
+        self._queue.charge(running.job, now - running.charged_until)
+        running.charged_until = now
 
     def _answer_waiting_questions(self, running: int = RULES) -> None:
         """Between the pieces of a frame's read, or the tokens of a periodic description or
@@ -188,12 +207,12 @@ class AgentPart:
         waits for the whole job (whose result is the same)."""
         while not self._stop.is_set():
             self._pulse.beat()
+            if self._running:
+                self._charge_running()
             job = self._queue.take_waiting(ASK, running=running)
             if job is None:
                 return
-            started = time.monotonic()
             self._run_job(job)
-            self._lent_s += time.monotonic() - started
 
     def _accept_next_frame(self) -> bool:
         """Take the next camera's newest frame, in turn, and queue the work it calls for."""
