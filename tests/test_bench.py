@@ -92,6 +92,11 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
     assert report["frames_with_rules"] > 0 and report["frame_to_rules_ms_p50"] > 0
     assert report["ask_ms_p50"] > 0 and report["status_tokens_per_s"] > 0 and report["images_encoded"] > 0
     assert report["daemon_peak_rss_mb"] > 50 and report["peak_rss_mib"] == report["daemon_peak_rss_mb"]
+    # what [model] path = "auto" counts on for the package covers what the daemon took
+    from edged.models.installed import BUNDLED_PACKAGE, ram_need_mb
+    from edged.models.manifest import read_manifest
+
+    assert report["peak_rss_mib"] <= ram_need_mb(read_manifest(BUNDLED_PACKAGE), 2048)
     assert report["asks"] >= 2 and report["ask_p99_ms"] >= report["ask_ms_p50"] > 0
 
 

@@ -13,8 +13,13 @@ from edged.models.model_settings import ModelConfig
 from edged.models.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 
 MIB = 1 << 20
-# onnxruntime, the tokenizer, Python and edged itself, measured at about 150 MiB; rounded up.
-RUNTIME_OVERHEAD_MB = 200
+# Fitted to the daemon's peak watching a camera at 0.8B, 2B and 4B (docs/engine.md, "Three
+# sizes"): 1254, 2425 and 4763 MiB against 1302, 2652 and 4860 from this formula.
+LOADED_FACTOR = 1.5
+"""Resident bytes per byte of the decoder and vision encoder files: onnxruntime's prepacked
+int4 weights beside the pages of the files it read them from, and the activations."""
+RUNTIME_OVERHEAD_MB = 300
+"""onnxruntime, the tokenizer, Python, edged itself, the frames and the states it keeps."""
 BUNDLED_PACKAGE = Path(__file__).parent / "tiny" / "vl-fp32"
 
 
@@ -36,9 +41,12 @@ class ModelSelectionError(Exception):
 
 
 def ram_need_mb(manifest: Manifest, max_length: int) -> int:
-    """Weights as loaded, plus one full state at ``max_length``, plus the runtime."""
+    """The daemon's peak: the weights as loaded, one full state at ``max_length``, the
+    runtime. The embedding's token table is left out: onnxruntime maps it from the file and
+    reads only the rows of the tokens in use."""
+    loaded = sum(f.size for f in manifest.files if not f.path.startswith("embedding/"))
     state = manifest.architecture.state_bytes(max_length)
-    return math.ceil((manifest.size_bytes + state) / MIB) + RUNTIME_OVERHEAD_MB
+    return math.ceil((LOADED_FACTOR * loaded + state) / MIB) + RUNTIME_OVERHEAD_MB
 
 
 def installed_packages(models_dir: Path, max_length: int) -> list[InstalledPackage]:
