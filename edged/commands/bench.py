@@ -64,9 +64,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="For each vision-language package, in a fresh process of its own: package and vision\n"
         "encoder size, load time and resident memory, a 448x448 frame's read (vision encoder, then\n"
-        "its tokens), eight rules on that frame, decode tok/s and the process's peak memory. The\n"
-        "figures behind docs/engine.md's table of sizes and the catalog's RAM figures. About 2\n"
-        "minutes at 0.8B on two cores, 10 at 4B.",
+        "its tokens), eight rules on that frame, decode tok/s and the process's peak memory: the\n"
+        "figures behind docs/engine.md's table of sizes (`edged bench agent` gives the whole\n"
+        "daemon's peak). Under 4 minutes for 0.8B, 2B and 4B together on two cores.",
         epilog="example, the three published sizes with random weights:\n"
         "  for s in 0.8b 2b 4b; do edged models build --size $s --out m$s; done\n"
         "  edged bench sizes --model m0.8b/vl-int4 --model m2b/vl-int4 --model m4b/vl-int4 --threads 2",
