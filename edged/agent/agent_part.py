@@ -204,8 +204,12 @@ class AgentPart:
         """Between the pieces of a frame's read, or the tokens of a periodic description or
         detection, in a job of kind ``running``: the questions waiting, each on its own state,
         as long as questions are within their share of time against that kind, so that none
-        waits for the whole job (whose result is the same)."""
-        while not self._stop.is_set():
+        waits for the whole job (whose result is the same). Once the daemon is stopping, the
+        job ends here instead: a read is seconds long on a slow board, longer than the stop
+        may take."""
+        while True:
+            if self._stop.is_set():
+                raise Cancelled()
             self._pulse.beat()
             if self._running:
                 self._charge_running()
@@ -254,8 +258,6 @@ class AgentPart:
         ever all ran."""
         read = self._memory.read(frame, self._tasks, self._answer_waiting_questions)
         for tracker in self._memory.trackers.get(frame.camera, []):
-            if self._stop.is_set():
-                return
             self._answer_waiting_questions(RULES)
             event = self._tasks.evaluate_rule(read, tracker)
             if event is not None:
