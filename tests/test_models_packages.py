@@ -126,7 +126,7 @@ def test_list_shows_size_ram_and_marks_the_pick(models_dir: Path) -> None:
             if line.startswith(("*", "  edged-"))}
     assert rows["edged-tiny-text-int4"].startswith("*")
     assert not rows["edged-tiny-vl-fp32"].startswith("*")
-    assert f"{needs['vl-fp32']} MB" in rows["edged-tiny-vl-fp32"]
+    assert f"{needs['vl-fp32']} MiB" in rows["edged-tiny-vl-fp32"]
     assert f'[model] path = "auto": {models_dir}/text-int4' in result.stdout
 
 

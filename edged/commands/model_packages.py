@@ -165,9 +165,9 @@ def _list(args: argparse.Namespace) -> int:
     config = load_for_command(args).settings.model
     if args.catalog:
         installed = {p.manifest.name for p in installed_packages(config.models_dir, config.max_length)}
-        print(f"{'NAME':<26} {'SOURCE':<20} {'SIZE':>8} {'MIN RAM':>8}  INSTALLED")
+        print(f"{'NAME':<26} {'SOURCE':<20} {'SIZE':>8} {'MIN RAM':>9} INSTALLED")
         for entry in catalog():
-            print(f"{entry.name:<26} {entry.source:<20} {entry.size_mb:>5} MB {entry.min_ram_mb:>5} MB  "
+            print(f"{entry.name:<26} {entry.source:<20} {entry.size_mb:>5} MB {entry.min_ram_mb:>5} MiB "
                   f"{'yes' if entry.name in installed else ''}")
         return 0
     available = args.memory_mb if args.memory_mb is not None else available_memory_mb()
@@ -180,12 +180,12 @@ def _list(args: argparse.Namespace) -> int:
     print(f"{config.models_dir}: {len(packages)} package(s); RAM for {config.max_length}-token states, "
           f"{available} MiB available, {config.headroom_mb} MiB headroom")
     if packages:
-        print(f"  {'NAME':<32} {'PRECISION':<9} {'TARGET':<6} {'SIZE':>9} {'RAM':>9}")
+        print(f"  {'NAME':<32} {'PRECISION':<9} {'TARGET':<6} {'SIZE':>9} {'RAM':>10}")
         for package in packages:
             mark = "*" if package.path.resolve() == chosen else " "
             manifest = package.manifest
             print(f"{mark} {manifest.name:<32} {manifest.precision:<9} {manifest.target:<6} "
-                  f"{manifest.size_bytes / 1e6:>6.1f} MB {package.ram_mb:>6} MB")
+                  f"{manifest.size_bytes / 1e6:>6.1f} MB {package.ram_mb:>6} MiB")
     print(f"  bundled: {BUNDLED_PACKAGE} (the tiny test model)" + (" *" if chosen == BUNDLED_PACKAGE.resolve() else ""))
     print(f'[model] path = "{config.path}": ' + (f"{chosen} ({why})" if chosen else why))
     return 0 if chosen else 1
