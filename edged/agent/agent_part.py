@@ -256,8 +256,11 @@ class AgentPart:
         is paid for, a rule costs a fork and a few tokens. As a job per rule, a 4B model on two
         cores (an 11 s read) saw every rule after the first pass its deadline: no frame's rules
         ever all ran."""
+        trackers = self._memory.trackers.get(frame.camera, [])
+        if not trackers:
+            return  # the camera's rules were removed after this job was queued: no read needed
         read = self._memory.read(frame, self._tasks, self._answer_waiting_questions)
-        for tracker in self._memory.trackers.get(frame.camera, []):
+        for tracker in trackers:
             self._answer_waiting_questions(RULES)
             event = self._tasks.evaluate_rule(read, tracker)
             if event is not None:
