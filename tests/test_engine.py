@@ -83,8 +83,9 @@ def tensors(state: State) -> dict[str, np.ndarray]:
 # -- from scratch: the references -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("package", ["text-fp32", "text-int4"])
+@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-int4"])
 def test_text_prompt_gives_og_generator_tokens(package: str) -> None:
+    """vl-int4: text through edged's token table (token_table.py) and og's embedding session."""
     engine = Engine(TINY / package)
     ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
     state = engine.new_state()
@@ -547,3 +548,94 @@ def test_a_frame_is_fit_to_the_size_the_processor_would_give_it(vl: Engine, size
     assert PatchGrid.of_package(vl.package).takes_as_is(fitted)
     chosen = vl._image_processor()(image_prompt(vl, "Hi"), [encode_png(frame)]).image_grid_thw[0]
     assert tuple(fitted.shape[:2]) == (chosen[1] * 16, chosen[2] * 16)  # the processor's own choice of size
+
+
+def test_the_token_table_gives_the_embedding_sessions_rows_bit_for_bit() -> None:
+    import onnxruntime as ort
+
+    from edged.engine.token_table import load_token_table
+
+    model = TINY / "vl-int4" / "embedding" / "model.onnx"
+    table = load_token_table(model)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    every_token = np.arange(table.layout.vocabulary, dtype=np.int64)
+    ids = np.stack([every_token, every_token[::-1]])  # a batch of two rows, each with one image pad
+    features = np.random.default_rng(5).standard_normal((2, table.layout.hidden)).astype(np.float32)
+    expected = session.run(None, {"input_ids": ids, "image_features": features})[0]
+    assert np.array_equal(table.embed(ids, features).view(np.uint32), expected.view(np.uint32))
+    with pytest.raises(EngineError, match="4 image pads for 2 rows"):  # where the session fails too
+        table.embed(np.array([[table.layout.image_token_id] * 4]), features)
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        table.embed(np.array([[table.layout.vocabulary]]))
+
+
+def test_an_embedding_that_is_not_an_int4_table_runs_as_its_session() -> None:
+    from edged.engine.token_table import TokenTableRefused, load_token_table
+
+    with pytest.raises(TokenTableRefused, match="int4 table"):
+        load_token_table(TINY / "vl-fp32" / "embedding" / "model.onnx")
+    engine = Engine(TINY / "vl-fp32")
+    assert engine.embedding is not None and "int4 table" in engine.token_table_refused
+
+
+MAPPING_SCRIPT = """
+import sys
+import numpy as np
+from edged.engine.engine import Engine, GenerationOptions
+
+engine = Engine(sys.argv[1])
+state = engine.new_state()
+frame = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+engine.extend_prompt(state, engine.chat_prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]), [frame])
+engine.generate(state, GenerationOptions(max_tokens=16)).run()
+print(sum(sys.argv[2] in line for line in open("/proc/self/maps")))
+"""
+
+
+def test_the_daemon_never_maps_the_token_table() -> None:
+    """Its pages would count in the daemon's RSS (token_table.py)."""
+    table = TINY / "vl-int4" / "embedding" / "model.onnx.data"
+    result = subprocess.run([sys.executable, "-c", MAPPING_SCRIPT, str(TINY / "vl-int4"), str(table.resolve())],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "0"
+
+
+FILE_PAGES_SCRIPT = """
+import ctypes, mmap, sys
+from pathlib import Path
+from edged.engine.memory import release_file_pages
+
+folder = Path(sys.argv[1])
+def resident_kib(mapped):
+    start = f"{mapped:x}-"
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(start))
+    return next(int(line.split()[1]) for line in lines[at:] if line.startswith("Rss:"))
+
+maps = {}
+for name in ("read", "written"):
+    with open(folder / name, "rb") as file:
+        maps[name] = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ | mmap.PROT_WRITE, flags=mmap.MAP_PRIVATE)
+assert sum(maps["read"][::4096]) == 0  # read: every page resident
+maps["written"][:4096] = b"x" * 4096  # one page written: this mapping is private memory now
+sum(maps["written"][::4096])
+address = {name: ctypes.addressof(ctypes.c_char.from_buffer(mapped)) for name, mapped in maps.items()}
+before = {name: resident_kib(address[name]) for name in maps}
+released = release_file_pages(folder)
+after = {name: resident_kib(address[name]) for name in maps}
+print(released, before["read"], after["read"], before["written"], after["written"],
+      maps["read"][:3] == bytes(3), bytes(maps["written"][:3]))
+"""
+
+
+def test_file_pages_read_once_are_released_and_written_ones_kept(tmp_path: Path) -> None:
+    (tmp_path / "read").write_bytes(bytes(8 << 20))
+    (tmp_path / "written").write_bytes(bytes(8 << 20))
+    result = subprocess.run([sys.executable, "-c", FILE_PAGES_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            check=True)
+    released, read_before, read_after, written_before, written_after, read_intact, written = result.stdout.split()
+    assert int(read_before) >= 8 << 10 and int(read_after) == 0  # released, and reads as before
+    assert read_intact == "True"
+    assert int(released) == 8
+    assert int(written_after) == int(written_before) >= 8 << 10  # a mapping with a written page is left alone
+    assert written == "b'xxx'"

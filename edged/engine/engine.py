@@ -26,11 +26,12 @@ import structlog
 from edged.engine.cores import FREE_ENOUGH, free_cores, usable_cores
 from edged.engine.errors import ContextFullError, EngineError
 from edged.engine.generation import Generation, GenerationOptions
-from edged.engine.memory import TRIM_AFTER_TOKENS, release_free_memory
+from edged.engine.memory import TRIM_AFTER_TOKENS, release_file_pages, release_free_memory
 from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.image_patches import PatchGrid
 from edged.engine.processor import ImageProcessor, ProcessedPrompt
 from edged.engine.state import State
+from edged.engine.token_table import TokenTable, TokenTableRefused, load_token_table
 from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
 
@@ -109,7 +110,12 @@ class Engine:
         self.tokenizer = og.Tokenizer(str(self.package))
         self.eos_token_ids = frozenset(int(t) for t in self.tokenizer.eos_token_ids)
         self.multimodal = "embedding" in config
-        self.embedding = self._session(config["embedding"]["filename"]) if self.multimodal else None
+        self.embedding: ort.InferenceSession | None = None
+        self._table: TokenTable | None = None
+        self.token_table_refused: str | None = None
+        """Why the embedding runs as a session rather than as a table read from its file."""
+        if self.multimodal:
+            self._table, self.embedding = self._embedding(config["embedding"]["filename"])
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
         self._vision: ort.InferenceSession | None = None
         self._processor: ImageProcessor | None = None
@@ -123,6 +129,7 @@ class Engine:
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
         self._empty = {i.name: self._zeros(i) for i in self._state_inputs}
+        release_file_pages(self.package)
 
     # -- states ----------------------------------------------------------------------------
 
@@ -231,6 +238,14 @@ class Engine:
             return self._session(filename, profile=profile)
         return self._session(rewrite.stdout, folder=path.parent, profile=profile)
 
+    def _embedding(self, filename: str) -> tuple[TokenTable | None, ort.InferenceSession | None]:
+        """The token table read from its file (token_table.py), or else the embedding session."""
+        try:
+            return load_token_table(self.package / filename), None
+        except TokenTableRefused as refused:
+            self.token_table_refused = str(refused)
+            return None, self._session(filename)
+
     def _session(self, model: str | bytes, folder: Path | None = None,
                  profile: Path | None = None) -> ort.InferenceSession:
         """A part of the package: a file in it, or a graph in memory whose weights are in ``folder``."""
@@ -285,6 +300,7 @@ class Engine:
     def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None) -> np.ndarray:
         if self._vision is None:
             self._vision = self._session(self._vision_file)  # type: ignore[arg-type]
+            release_file_pages(self.package)
         features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
         self.counters.images_encoded += len(grid)  # type: ignore[arg-type]
         return features
@@ -295,6 +311,8 @@ class Engine:
     def _embed_rows(self, ids: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         if features is None:
             features = np.zeros((0, self._hidden), dtype=np.float32)
+        if self._table is not None:
+            return self._table.embed(ids, features)
         return self.embedding.run(None, {"input_ids": ids, "image_features": features})[0]  # type: ignore[union-attr]
 
     def _check_room(self, state: State, adding: int) -> None:
