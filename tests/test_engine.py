@@ -639,3 +639,48 @@ def test_file_pages_read_once_are_released_and_written_ones_kept(tmp_path: Path)
     assert int(released) == 8
     assert int(written_after) == int(written_before) >= 8 << 10  # a mapping with a written page is left alone
     assert written == "b'xxx'"
+
+
+@pytest.mark.parametrize("package", ["vl-fp32", "vl-int4"])
+def test_the_vision_encoder_runs_in_pieces_with_the_whole_encoders_features(package: str, picture: Path) -> None:
+    """A question waiting on a frame's read gets in between the encoder's pieces too."""
+    import onnxruntime as ort
+
+    from edged.engine.vision_pieces import load_pieces
+
+    encoder = TINY / package / "vision_encoder" / "model.onnx"
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(encoder.parent))
+    pieces = [ort.InferenceSession(piece, options, providers=["CPUExecutionProvider"]) for piece in load_pieces(encoder)]
+    assert len(pieces) >= 3  # the preprocessing, the blocks, the merger
+
+    engine = Engine(TINY / package)
+    prompt = image_prompt(engine, "What is there?")
+    processed = engine._image_processor()(prompt, [picture])
+    values = {"pixel_values": processed.pixel_values, "image_grid_thw": processed.image_grid_thw}
+    whole = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"]).run(None, values)[0]
+    for piece in pieces:
+        outputs = piece.run(None, {arg.name: values[arg.name] for arg in piece.get_inputs()})
+        values.update(zip((arg.name for arg in piece.get_outputs()), outputs))
+    assert np.array_equal(values["image_features"].view(np.uint32), whole.view(np.uint32))
+
+    calls: list[int] = []
+    state = engine.new_state()
+    engine.extend_prompt(state, prompt, [picture], between=lambda: calls.append(engine.counters.decoder_runs))
+    decoder_pieces = -(-len(state.tokens) // engine.read_piece)
+    assert len(calls) == len(pieces) - 1 + decoder_pieces  # and once more after the encoder
+    assert calls[:len(pieces)] == [0] * len(pieces)  # the encoder's pieces come before any decoder run
+
+
+def test_an_encoder_without_named_blocks_runs_whole(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edged.engine.vision_pieces import CutError, load_pieces
+
+    graph = helper.make_graph([helper.make_node("Relu", ["pixel_values"], ["image_features"], name="act")], "encoder",
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("image_features", TensorProto.FLOAT, [None, 4])])
+    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    with pytest.raises(CutError, match="blocks.N"):
+        load_pieces(tmp_path / "model.onnx")
