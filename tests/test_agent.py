@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -13,12 +14,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from conftest import NotifySocket, edged, wait_until, write_config
+from conftest import REPO, NotifySocket, edged, wait_until, write_config
 
 from edged.capture.sources.synthetic import synthetic_frame
 from edged.agent.tasks import DETECTION_SCHEMA, objects_in_pixels
 from edged.bus.schema import Detection, RuleState, Snapshot
-from edged.client import BusError, Client, Subscriber
+from edged.client import AnswerStream, BusError, Client, Subscriber
 
 
 def one_picture(folder: Path) -> Path:
@@ -421,6 +422,36 @@ gate_threshold = 0.0
     evaluations = {rule.evaluations for rule in status.rules["front"]}
     assert len(evaluations) == 1, status.rules["front"]  # each frame: all of its rules, or none
     assert status.frame_to_rules_ms > stale_after_s * 1000  # the last rules ran past the deadline, as they should
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_questions_asked_during_a_long_read_each_get_in_at_its_next_piece(start_daemon, notify_socket: NotifySocket,
+                                                                          tmp_path: Path) -> None:
+    """Every read takes 3 s here, in pieces of 0.3 s (slow_read_daemon.py), one after another.
+    A question gets in between two pieces while questions are within their share of time
+    against the rules; the read's time must count as it goes, or after the first question
+    the questions look over their share and wait for the rest of the read."""
+    config = write_config(tmp_path / "edged.toml", """
+[cameras.front]
+source = "synthetic"
+fps = 5.0
+gate_threshold = 0.0
+[[cameras.front.rules]]
+id = "anything"
+when = "Is there anything in the picture"
+""")
+    daemon = start_daemon(argv=[sys.executable, str(REPO / "tests" / "slow_read_daemon.py"), str(config)])
+    notify_socket.wait_for("READY", "1")
+    round_trips = []
+    with Client(daemon.control, timeout=30) as client:
+        time.sleep(0.5)  # inside the first frame's read
+        for _ in range(6):
+            sent = time.monotonic()
+            "".join(AnswerStream(client.request("ask", question="Hello?", without_picture=True, max_tokens=2)))
+            round_trips.append(time.monotonic() - sent)
+            time.sleep(0.4 - min(round_trips[-1], 0.4))
+    assert max(round_trips) < 1.0, round_trips  # a piece is 0.3 s; the rest of a read, up to 3 s
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
