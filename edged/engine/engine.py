@@ -119,7 +119,6 @@ class Engine:
             self._table, self.embedding = self._embedding(config["embedding"]["filename"])
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
         self._vision: list[ort.InferenceSession] | None = None
-        self._vision_reads_after: list[set[str]] = []
         self.vision_cut_refused: str | None = None
         """Why the vision encoder runs whole rather than in pieces."""
         self._processor: ImageProcessor | None = None
@@ -307,10 +306,6 @@ class Engine:
                        between: Callable[[], None] | None = None) -> np.ndarray:
         if self._vision is None:
             self._vision = self._vision_pieces(self._vision_file)  # type: ignore[arg-type]
-            # What each piece's successors read: the rest is let go as soon as it is read.
-            self._vision_reads_after = [{"image_features"}.union(*({arg.name for arg in later.get_inputs()}
-                                                                   for later in self._vision[index + 1:]))
-                                        for index in range(len(self._vision))]
             release_file_pages(self.package)
         values: dict[str, Any] = {"pixel_values": pixels, "image_grid_thw": grid}
         for index, piece in enumerate(self._vision):
@@ -318,7 +313,6 @@ class Engine:
                 between()
             outputs = piece.run(None, {arg.name: values[arg.name] for arg in piece.get_inputs()})
             values.update(zip((arg.name for arg in piece.get_outputs()), outputs))
-            values = {name: value for name, value in values.items() if name in self._vision_reads_after[index]}
         self.counters.images_encoded += len(grid)  # type: ignore[arg-type]
         return values["image_features"]
 
