@@ -31,7 +31,6 @@ from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.image_patches import PatchGrid
 from edged.engine.processor import ImageProcessor, ProcessedPrompt
 from edged.engine.state import State
-from edged.engine.vision_pieces import CutError, load_pieces
 from edged.engine.token_table import TokenTable, TokenTableRefused, load_token_table
 from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
@@ -118,9 +117,7 @@ class Engine:
         if self.multimodal:
             self._table, self.embedding = self._embedding(config["embedding"]["filename"])
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
-        self._vision: list[ort.InferenceSession] | None = None
-        self.vision_cut_refused: str | None = None
-        """Why the vision encoder runs whole rather than in pieces."""
+        self._vision: ort.InferenceSession | None = None
         self._processor: ImageProcessor | None = None
         self._patch_grid = PatchGrid.of_package(self.package) if self._vision_file else None
         self.image_token_id = int(config.get("image_token_id", -1))
@@ -156,11 +153,10 @@ class Engine:
     def extend_prompt(self, state: State, text: str, images: Sequence[Image] = (),
                       between: Callable[[], None] | None = None) -> np.ndarray:
         """Run a piece of prompt text; each image pad in it stands for the next of ``images``.
-        A prompt with images runs in pieces of ``read_piece`` tokens, and the vision encoder in
-        pieces of a few blocks (vision_pieces.py), whether or not ``between`` is given;
-        ``between`` is called after each piece of the encoder and of the prompt but the last,
-        and may run anything on other states (a waiting question): the result is the same as
-        without it."""
+        A prompt with images runs in pieces of ``read_piece`` tokens, whether or not
+        ``between`` is given; ``between`` is called after the vision encoder and after each
+        piece but the last, and may run anything on other states (a waiting question): the
+        result is the same as without it."""
         if not images:
             return self.extend(state, self.encode(text))
         if not self.multimodal or self._vision_file is None:
@@ -168,7 +164,7 @@ class Engine:
         prompt = self._process(text, images)
         ids = [*state.pending, *prompt.input_ids]
         self._check_room(state, len(prompt.input_ids))
-        features = self._encode_images(prompt.pixel_values, prompt.image_grid_thw, between)
+        features = self._encode_images(prompt.pixel_values, prompt.image_grid_thw)
         positions, next_position = prompt_positions(
             ids, self.image_token_id, prompt.image_grid_thw, state.next_position, self._merge
         )
@@ -250,16 +246,15 @@ class Engine:
             self.token_table_refused = str(refused)
             return None, self._session(filename)
 
-    def _session(self, model: str | bytes, folder: Path | None = None, profile: Path | None = None,
-                 spin: bool | None = None) -> ort.InferenceSession:
-        """A part of the package: a file in it, or a graph in memory whose weights are in
-        ``folder``. ``spin``: whether its idle threads spin, by default as the engine's do."""
+    def _session(self, model: str | bytes, folder: Path | None = None,
+                 profile: Path | None = None) -> ort.InferenceSession:
+        """A part of the package: a file in it, or a graph in memory whose weights are in ``folder``."""
         options = ort.SessionOptions()
         if profile is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile)
         options.intra_op_num_threads = self._threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if (self.spin if spin is None else spin) else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         options.inter_op_num_threads = 1
         # Without the arena a long prompt's activations go back to the allocator when the
         # call ends, instead of staying reserved for the life of the process (-25 MB at 0.8B).
@@ -302,36 +297,13 @@ class Engine:
             self._processor = ImageProcessor(self.package)
         return self._processor
 
-    def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None,
-                       between: Callable[[], None] | None = None) -> np.ndarray:
+    def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None) -> np.ndarray:
         if self._vision is None:
-            self._vision = self._vision_pieces(self._vision_file)  # type: ignore[arg-type]
+            self._vision = self._session(self._vision_file)  # type: ignore[arg-type]
             release_file_pages(self.package)
-        values: dict[str, Any] = {"pixel_values": pixels, "image_grid_thw": grid}
-        for index, piece in enumerate(self._vision):
-            if index and between is not None:
-                between()
-            outputs = piece.run(None, {arg.name: values[arg.name] for arg in piece.get_inputs()})
-            values.update(zip((arg.name for arg in piece.get_outputs()), outputs))
+        features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
         self.counters.images_encoded += len(grid)  # type: ignore[arg-type]
-        return values["image_features"]
-
-    def _vision_pieces(self, filename: str) -> list[ort.InferenceSession]:
-        """The vision encoder as pieces to run one after another (vision_pieces.py), or whole
-        when it cannot be cut."""
-        model = self.package / filename
-        # Threads that never spin: one piece's pool spinning after its run took a core from
-        # the next piece's (0.8B, 2 cores: pieces 0.89-1.03 s spinning, 0.78-0.79 s not; the
-        # whole encoder 0.72-0.88 s either way).
-        try:
-            return [self._session(piece, folder=model.parent, spin=False) for piece in load_pieces(model)]
-        except CutError as refused:
-            self.vision_cut_refused = str(refused)
-        except Exception as error:  # noqa: BLE001 - onnxruntime's own exceptions have no common base
-            self.vision_cut_refused = f"onnxruntime refused a piece: {error}"
-            log.warning("the vision encoder runs whole: a question waits for all of it",
-                        package=self.manifest.name, reason=self.vision_cut_refused)
-        return [self._session(filename, spin=False)]
+        return features
 
     def _embed(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
         return self._embed_rows(np.asarray([ids], dtype=np.int64), features)
