@@ -14,10 +14,11 @@ from edged.models.manifest import MANIFEST_NAME, Manifest, ManifestError, read_m
 
 MIB = 1 << 20
 # Fitted to the daemon's peak watching a camera at 0.8B, 2B and 4B (docs/engine.md, "Three
-# sizes"): 1254, 2425 and 4763 MiB against 1302, 2652 and 4860 from this formula.
-LOADED_FACTOR = 1.5
-"""Resident bytes per byte of the decoder and vision encoder files: onnxruntime's prepacked
-int4 weights beside the pages of the files it read them from, and the activations."""
+# sizes"): 1080 to 1093, 2127 and 4032 MiB against 1178, 2348 and 4276 from this formula.
+LOADED_FACTOR = 1.3
+"""Resident bytes per byte of the decoder and vision encoder files: onnxruntime's repacked
+weights (more than the file holds: 602 MiB for the 0.8B decoder's 517 MiB) and the
+activations. The pages of the files themselves are unmapped once loaded (memory.py)."""
 RUNTIME_OVERHEAD_MB = 300
 """onnxruntime, the tokenizer, Python, edged itself, the frames and the states it keeps."""
 BUNDLED_PACKAGE = Path(__file__).parent / "tiny" / "vl-fp32"
@@ -42,8 +43,8 @@ class ModelSelectionError(Exception):
 
 def ram_need_mb(manifest: Manifest, max_length: int) -> int:
     """The daemon's peak: the weights as loaded, one full state at ``max_length``, the
-    runtime. The embedding's token table is left out: onnxruntime maps it from the file and
-    reads only the rows of the tokens in use."""
+    runtime. The embedding's token table is left out: the engine reads the rows of the tokens
+    in use from the file, mapping nothing (token_table.py)."""
     loaded = sum(f.size for f in manifest.files if not f.path.startswith("embedding/"))
     state = manifest.architecture.state_bytes(max_length)
     return math.ceil((LOADED_FACTOR * loaded + state) / MIB) + RUNTIME_OVERHEAD_MB
