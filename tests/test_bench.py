@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY, clean_env, edged
@@ -116,3 +122,39 @@ def test_bench_ops_accounts_for_each_decoder_run_by_operator() -> None:
         assert sum(time["ms"] for time in report[phase]) <= run_ms
     too_long = edged("bench", "ops", "--model", str(TINY / "vl-int4"), "--tokens", "300", timeout=120)
     assert too_long.returncode == 2 and "1 to 256" in too_long.stderr
+
+
+def test_a_bench_killed_mid_run_takes_its_daemon_with_it() -> None:
+    """A bench that never reaches its cleanup (SIGKILL) must not leave the daemon it measures
+    running, to skew every measurement after it."""
+    bench = subprocess.Popen([sys.executable, "-m", "edged", "bench", "agent", "--seconds", "60"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+    daemon = None
+    try:
+        deadline = time.monotonic() + 60
+        while daemon is None and time.monotonic() < deadline:
+            children = Path(f"/proc/{bench.pid}/task/{bench.pid}/children").read_text().split()
+            daemon = int(children[0]) if children else None
+            time.sleep(0.1)
+        assert daemon is not None, "the bench started no daemon"
+        time.sleep(2)  # the daemon is loading or running
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+        deadline = time.monotonic() + 30
+        while _running(daemon) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = _running(daemon)
+        assert not alive, "the daemon outlived its bench"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        if daemon is not None and _running(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

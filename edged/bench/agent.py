@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.bench.children import dies_with_parent
+
 RULES = ("Is there a person in the picture", "Is a door open", "Is there a vehicle", "Is it dark")
 QUESTIONS = ("What is in the picture?", "What colours do you see?", "Is anything moving?")
 
@@ -81,7 +83,7 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
         log = (folder / "daemon.log").open("w")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGED_", "NOTIFY_SOCKET"))}
         daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=dies_with_parent)
         try:
             control, events = f"ipc://{folder}/control.sock", f"ipc://{folder}/events.sock"
             _wait_ready(control, daemon)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edged.bench.children import dies_with_parent
 from edged.bench.timing import best
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
@@ -266,7 +267,7 @@ def _add_contended(bench: EngineBench, package: Path, threads: int, work: Worklo
     under that load (as on a board where the camera and other services run first)."""
     from edged.engine.engine import Engine
 
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=dies_with_parent)
     try:
         time.sleep(0.5)
         engine = Engine(package, threads=threads, max_length=1024)
