@@ -592,7 +592,7 @@ print(sum(sys.argv[2] in line for line in open("/proc/self/maps")))
 """
 
 
-def test_the_daemon_never_maps_the_token_table() -> None:
+def test_an_engine_that_reads_a_frame_and_answers_never_maps_the_token_table() -> None:
     """Its pages would count in the daemon's RSS (token_table.py)."""
     table = TINY / "vl-int4" / "embedding" / "model.onnx.data"
     result = subprocess.run([sys.executable, "-c", MAPPING_SCRIPT, str(TINY / "vl-int4"), str(table.resolve())],

@@ -15,15 +15,15 @@ import signal
 
 PR_SET_PDEATHSIG = 1
 
+try:  # looked up here, not in the child: a dlopen between fork and exec can deadlock
+    _prctl = getattr(ctypes.CDLL(None), "prctl", None)
+except OSError:
+    _prctl = None
+
 
 def dies_with_parent() -> None:
     """For ``subprocess.Popen(preexec_fn=...)``: runs in the child between fork and exec."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return
-    prctl = getattr(libc, "prctl", None)
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() == 1:  # the bench ended before the call: nothing would signal this child
             os._exit(1)

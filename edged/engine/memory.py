@@ -51,7 +51,9 @@ def release_file_pages(folder: Path) -> int:
     mapped and count in the process's RSS (90 MiB of the 0.8B decoder's scales). A page the
     process has not written is the file's own content, so dropping it loses nothing: a later
     read maps it again from the page cache. A mapping with any written page (``Anonymous``
-    above zero) is left alone."""
+    above zero) is left alone, and so is every mapping where smaps shows nothing resident:
+    qemu-user fakes smaps that way (all zeros) while it does carry out ``madvise``, so under
+    emulation, where a written page could not be told apart, nothing is released."""
     if _madvise is None:
         return 0
     try:
@@ -66,7 +68,8 @@ def release_file_pages(folder: Path) -> int:
 
 
 def _clean_mappings(smaps: str, prefix: str) -> list[tuple[int, int, int]]:
-    """(start, end, resident KiB) of each mapping of a file under ``prefix`` with no written page."""
+    """(start, end, resident KiB) of each mapping of a file under ``prefix`` with resident
+    pages, none of them written."""
     found: list[tuple[int, int, int]] = []
     current: list[int] | None = None
     for line in smaps.splitlines():
@@ -77,7 +80,7 @@ def _clean_mappings(smaps: str, prefix: str) -> list[tuple[int, int, int]]:
         elif current is not None and line.startswith("Rss:"):
             current[2] = int(line.split()[1])
         elif current is not None and line.startswith("Anonymous:"):
-            if int(line.split()[1]) == 0:
+            if int(line.split()[1]) == 0 and current[2] > 0:
                 found.append((current[0], current[1], current[2]))
             current = None
     return found

@@ -155,8 +155,8 @@ def _external(tensor: object) -> tuple[str, int] | None:
 
 
 def probe(model: Path, layout: TableLayout) -> None:
-    """TokenTableRefused unless the table gives the session's output bit for bit: text alone,
-    and text with two pictures' features."""
+    """TokenTableRefused unless the table gives the session's output bit for bit: text alone
+    (the first and last token ids among it), and text with three image pads and their rows."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
