@@ -41,6 +41,7 @@ def here() -> dict:
 
 
 @pytest.mark.root
+@pytest.mark.own_python
 def test_install_sh_installs_a_working_edged_on_arm64(proof: Path) -> None:
     assert "installing edged for board 'generic' into /" in (proof / "install.log").read_text()
     assert "valid" in (proof / "check.log").read_text()
@@ -52,6 +53,7 @@ def test_install_sh_installs_a_working_edged_on_arm64(proof: Path) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.own_python
 def test_fp32_gives_the_same_tokens_on_arm64_and_int4_logits_stay_within_tolerance(proof: Path, here: dict) -> None:
     arm = json.loads((proof / "platform.json").read_text())
     assert arm["text-fp32"]["tokens"] == here["text-fp32"]["tokens"]

@@ -46,6 +46,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prefix
 
 
+@pytest.mark.own_python
 def test_install_puts_user_units_config_venv_and_model_in_place(installed: Path) -> None:
     assert (installed / "etc/systemd/system/edged.service").read_bytes() == (REPO / "systemd/edged.service").read_bytes()
     assert (installed / "etc/systemd/system/edged.service.d/jetson.conf").is_file()
@@ -63,6 +64,7 @@ def test_install_puts_user_units_config_venv_and_model_in_place(installed: Path)
     assert verify.returncode == 0, verify.stderr
 
 
+@pytest.mark.own_python
 def test_install_puts_edged_on_path_its_readme_where_the_unit_says_and_enables_the_unit(installed: Path) -> None:
     assert (installed / "usr/local/bin/edged").readlink() == Path("/opt/edged/venv/bin/edged")
     documentation = next(line.split("=", 1)[1] for line in (REPO / "systemd/edged.service").read_text().splitlines()
@@ -73,6 +75,7 @@ def test_install_puts_edged_on_path_its_readme_where_the_unit_says_and_enables_t
     assert wanted.is_symlink() and wanted.readlink() == Path("/etc/systemd/system/edged.service")
 
 
+@pytest.mark.own_python
 def test_a_second_run_changes_nothing(installed: Path) -> None:
     before = snapshot(installed)
     result = run("--prefix", str(installed), "--board", "jetson", "--model", str(REPO / "edged/models/tiny/text-int4"))
@@ -80,6 +83,7 @@ def test_a_second_run_changes_nothing(installed: Path) -> None:
     assert snapshot(installed) == before
 
 
+@pytest.mark.own_python
 def test_an_upgrade_keeps_an_edited_config_and_the_state(installed: Path) -> None:
     config = installed / "etc/edged/edged.toml"
     config.write_text(config.read_text() + "\n[cameras.front]\nsource = \"v4l2:/dev/video0\"\n")
@@ -104,6 +108,7 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> No
     assert set(Path("/tmp").iterdir()) <= temporary | {tmp_path}  # no temp file left behind
 
 
+@pytest.mark.own_python
 def test_a_crash_of_config_check_is_reported_as_a_crash_not_as_a_bad_config(installed: Path) -> None:
     edged = installed / "opt/edged/venv/bin/edged"
     real = edged.read_bytes()
@@ -121,6 +126,7 @@ def numpy_location(python: Path) -> str:
                           text=True, check=True).stdout.strip()
 
 
+@pytest.mark.own_python
 def test_the_venv_keeps_debians_numpy_and_an_upgrade_drops_one_of_its_own(installed: Path) -> None:
     python = installed / "opt/edged/venv/bin/python"
     assert numpy_location(python).startswith("/usr/lib/python3/dist-packages/")
@@ -190,6 +196,7 @@ def test_a_python_the_units_sandbox_hides_is_refused() -> None:
     assert result.returncode == 2 and "ProtectHome=yes" in result.stderr and "would:" not in result.stdout
 
 
+@pytest.mark.own_python
 def test_another_python_gets_an_isolated_venv_with_the_bindings_built_from_pypi(tmp_path: Path) -> None:
     """The JetPack 6 path (a Python that is not the distribution's), with pyenv's 3.13 standing
     in for Ubuntu's python3.11: nothing from Debian's site packages, GStreamer's and systemd's
@@ -215,6 +222,7 @@ for module in (gi, numpy, systemd.journal):
     assert works.returncode == 0, works.stderr
 
 
+@pytest.mark.own_python
 def test_uninstall_keeps_config_and_state_and_purge_removes_everything(tmp_path: Path) -> None:
     needs_root()
     run("--prefix", str(tmp_path), "--board", "generic")
@@ -286,6 +294,7 @@ def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.root
+@pytest.mark.own_python
 def test_install_sh_in_a_bookworm_chroot_installs_runs_again_and_uninstalls(bookworm: Path) -> None:
     first = (bookworm / "install-1.log").read_text()
     assert "installing edged for board 'generic' into /" in first
