@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
 
@@ -83,15 +84,32 @@ def tensors(state: State) -> dict[str, np.ndarray]:
 # -- from scratch: the references -----------------------------------------------------------
 
 
+def with_the_decoder_the_engine_runs(package: Path, engine: Engine, copy: Path) -> Path:
+    """A copy of ``package`` whose decoder file is the graph the engine runs on the CPU
+    (graph.py), so that og.Generator runs the same operators."""
+    import shutil
+
+    from edged.engine.graph import rewritten_decoder
+
+    shutil.copytree(package, copy)
+    decoder = json.loads((package / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+    (copy / decoder).write_bytes(rewritten_decoder(package / decoder, last_logits=engine.manifest.lm_head != "last",
+                                                   cpu_ops=True))
+    return copy
+
+
 @pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-int4"])
-def test_text_prompt_gives_og_generator_tokens(package: str) -> None:
-    """vl-int4: text through edged's token table (token_table.py) and og's embedding session."""
+def test_text_prompt_gives_og_generator_tokens(package: str, tmp_path: Path) -> None:
+    """og.Generator's tokens, og running the decoder graph the engine runs: the engine's
+    rewrite of the gated norm (graph.py) moves int4 logits by a rounding of MatMulNBits'
+    8-bit activations, enough to flip a near tie in 40 tokens. vl-int4: text through edged's
+    token table (token_table.py) and og's embedding session."""
     engine = Engine(TINY / package)
     ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
     state = engine.new_state()
     engine.extend(state, ids)
     ours = engine.generate(state, GenerationOptions(max_tokens=40)).run()
-    theirs = og_tokens(TINY / package, ids, 40)
+    theirs = og_tokens(with_the_decoder_the_engine_runs(TINY / package, engine, tmp_path / package), ids, 40)
     assert ours.tokens == theirs[: len(ours.tokens)]
     assert ours.finish_reason == ("eos" if len(theirs) < 40 else "length")
     assert len(set(ours.tokens)) > 5
@@ -526,7 +544,7 @@ def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewri
     import onnx
     from onnx import TensorProto, helper
 
-    from edged.engine.graph import GraphError, decoder_with_last_logits
+    from edged.engine.graph import GraphError, rewritten_decoder
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["hidden"], ["logits"])], "decoder",
@@ -535,7 +553,49 @@ def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewri
     )
     onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
     with pytest.raises(GraphError, match="do not come from a matrix product"):
-        decoder_with_last_logits(tmp_path / "model.onnx")
+        rewritten_decoder(tmp_path / "model.onnx", last_logits=True)
+
+
+def gated_norms_graph(path: Path, heads: int = 3, size: int = 8) -> None:
+    """GatedRMSNorm as the ORT GenAI builder writes it (SiLU gate, the scale a weight), one
+    with the sigmoid gate, and one whose scale is an input: a norm the rewrite cannot size,
+    which it must leave alone. Random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = numpy_helper.from_array(np.random.default_rng(9).standard_normal(size).astype(np.float32), "norm.w")
+    norm = lambda inputs, output, **extra: helper.make_node(  # noqa: E731
+        "GatedRMSNorm", inputs, [output], domain="com.microsoft", name=output, **extra)
+    rows = lambda name, width: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "L", width])  # noqa: E731
+    graph = helper.make_graph(
+        [norm(["x", "norm.w", "gate"], "silu", epsilon=1e-6), norm(["x", "norm.w", "gate"], "sigmoid", activation="sigmoid"),
+         norm(["x", "scale", "gate"], "unsized")],
+        "norms", [rows("x", heads * size), rows("gate", heads * size),
+                  helper.make_tensor_value_info("scale", TensorProto.FLOAT, [size])],
+        [rows(name, heads * size) for name in ("silu", "sigmoid", "unsized")], [scale])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]),
+              path)
+
+
+def test_the_cpu_rewrite_of_the_gated_norm_computes_what_the_kernel_computes(tmp_path: Path) -> None:
+    """graph.py --cpu-ops on prompts of several lengths: the kernel's results, and the one
+    norm it cannot rewrite left as it is."""
+    import onnx
+
+    from edged.engine.graph import rewritten_decoder
+
+    gated_norms_graph(tmp_path / "model.onnx")
+    rewritten = rewritten_decoder(tmp_path / "model.onnx", cpu_ops=True)
+    assert [n.name for n in onnx.load_from_string(rewritten).graph.node if n.domain == "com.microsoft"] == ["unsized"]
+    kernels = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(rewritten, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(10)
+    for length in (5, 1, 64):
+        feeds = {"x": rng.standard_normal((1, length, 24)).astype(np.float32) * 0.1,
+                 "gate": rng.standard_normal((1, length, 24)).astype(np.float32) * 3,
+                 "scale": rng.standard_normal(8).astype(np.float32)}
+        for name, want, have in zip(("silu", "sigmoid", "unsized"), kernels.run(None, feeds), ours.run(None, feeds)):
+            np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("size", [(387, 517), (120, 160), (20, 30), (1080, 1920)])

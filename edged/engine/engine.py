@@ -225,15 +225,18 @@ class Engine:
     # -- the model's parts -------------------------------------------------------------------
 
     def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
-        if self.manifest.lm_head == "last":
+        """The package's decoder, rewritten (graph.py) to compute only the last position's
+        logits, the only ones ever read, and on the CPU to run two scalar kernels as
+        vectorized operators. A graph the rewrites do not know runs as it is."""
+        rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
+                    *(["--cpu-ops"] if self._device == "cpu" else [])]
+        if not rewrites:
             return self._session(filename, profile=profile)
-        # Only the last position's logits are ever read (graph.py). The rewrite runs in a
-        # child process: the onnx module it needs would otherwise stay resident (11 MB).
         path = self.package / filename
-        rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path)], capture_output=True)
+        rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path), *rewrites], capture_output=True)
         if rewrite.returncode != 0:
             said = rewrite.stderr.decode(errors="replace").strip().splitlines()
-            log.warning("running the decoder with logits at every position",
+            log.warning("running the decoder as the package gives it", rewrites=rewrites,
                         reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
             return self._session(filename, profile=profile)
         return self._session(rewrite.stdout, folder=path.parent, profile=profile)

@@ -1,17 +1,33 @@
-"""A decoder that computes logits at every position, rewritten to compute them at the last.
+"""The decoder graph as the engine runs it: the package's graph, rewritten in a child process
+(``python -m edged.engine.graph DECODER [--last-logits] [--cpu-ops]``) so that the daemon
+need not carry the onnx module (11 MB) for the rest of its life. The weights are not
+touched: the rewritten graph, held in memory, reads the package's own external data file.
 
-The ORT GenAI builder's default decoder applies the lm_head at every position of a prompt.
-At 0.8B the lm_head (the tied 248K-token embedding) is a third of the parameters, so that
-is about a third of a prompt's compute, and 1 MB of float32 logits per token of which the
-engine only ever reads the last row. Packages edged builds leave it out (``lm_head =
-"last"`` in their manifest); for any other, the engine loads the decoder rewritten by this
-module, run as a child process (``python -m edged.engine.graph DECODER``): the hidden
-states are cut to the last position before the lm_head. The weights are not touched: the
-rewritten graph, held in memory, reads the package's own external data file.
+``--last-logits``: the ORT GenAI builder's default decoder applies the lm_head at every
+position of a prompt. At 0.8B the lm_head (the tied 248K-token embedding) is a third of the
+parameters, so that is about a third of a prompt's compute, and 1 MB of float32 logits per
+token of which the engine only ever reads the last row. Packages edged builds leave it out
+(``lm_head = "last"`` in their manifest); for any other, the hidden states are cut to the
+last position before the lm_head.
+
+``--cpu-ops``: onnxruntime's CPU kernel for GatedRMSNorm, the norm at the end of each Gated
+DeltaNet layer, calls the logistic function once per element: at 0.8B on two cores it is
+9% of a prompt's time, more than the DeltaNet recurrence itself (``edged bench ops``). It
+is written here as the operators it computes, whose kernels are vectorized: an RMS norm
+over each head (SimplifiedLayerNormalization, the scale's length being the head's size),
+times SiLU(gate). The results differ from the kernel's in the last bits of a float (the sum
+of squares is added up in another order); in an int4 decoder, whose MatMulNBits rounds
+activations to 8 bits, that can move a logit as much as another CPU's kernels do
+(docs/engine.md). Every path of the engine runs the same graph, so a state forked, saved or
+resumed still gives exactly the tokens the engine gives from scratch. CUDA's kernel is
+fused already: the engine asks for this on the CPU only. (CausalConvWithState is a scalar
+loop too, but written as standard operators it took 50 MB more at its peak and no less
+time: docs/engine.md.)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -28,10 +44,20 @@ class GraphError(Exception):
     """The decoder graph does not have the shape this rewrite knows."""
 
 
-def decoder_with_last_logits(path: Path) -> bytes:
-    """The decoder at ``path``, serialized, with its logits for the last position only."""
+def rewritten_decoder(path: Path, last_logits: bool = False, cpu_ops: bool = False) -> bytes:
+    """The decoder at ``path``, serialized, with the rewrites asked for."""
     model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
+    if last_logits:
+        _cut_to_last_logits(model.graph)
+    if cpu_ops:
+        _vectorized_cpu_ops(model.graph)
+    return model.SerializeToString()
+
+
+# -- logits at the last position ------------------------------------------------------------
+
+
+def _cut_to_last_logits(graph: onnx.GraphProto) -> None:
     producer = {output: node for node in graph.node for output in node.output}
     lm_head = _lm_head(producer, graph)
     graph.initializer.extend([
@@ -50,7 +76,6 @@ def decoder_with_last_logits(path: Path) -> bytes:
     if len(dims) == 3:
         dims[1].Clear()
         dims[1].dim_value = 1
-    return model.SerializeToString()
 
 
 def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onnx.NodeProto:
@@ -65,11 +90,61 @@ def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onn
     return node
 
 
+# -- vectorized CPU operators ----------------------------------------------------------------
+
+
+def _vectorized_cpu_ops(graph: onnx.GraphProto) -> None:
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        replaced = None
+        if node.domain == "com.microsoft" and node.op_type == "GatedRMSNorm":
+            replaced = _gated_rms_norm(node, initializers, graph)
+        nodes.extend(replaced if replaced is not None else [node])
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+
+
+def _gated_rms_norm(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                    graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
+    """x [.., heads x size] normalized over each head's ``size`` values (the scale's length),
+    times the scale, times SiLU(gate) (or sigmoid(gate)), as the kernel computes it."""
+    attributes = _attributes(node)
+    activation = attributes.get("activation", b"silu")
+    scale = initializers.get(node.input[1])
+    if activation not in (b"silu", b"sigmoid") or scale is None or len(scale.dims) != 1:
+        return None
+    x, _, gate = node.input
+    name = f"edged/cpu/{node.output[0]}"
+    graph.initializer.append(helper.make_tensor(f"{name}/heads#", TensorProto.INT64, [2], [-1, scale.dims[0]]))
+    gating = [helper.make_node("Sigmoid", [gate], [f"{name}/sigmoid"], name=f"{name}/Sigmoid")]
+    if activation == b"silu":
+        gating.append(helper.make_node("Mul", [gate, f"{name}/sigmoid"], [f"{name}/silu"], name=f"{name}/SiLU"))
+    return [
+        helper.make_node("Shape", [x], [f"{name}/shape"], name=f"{name}/Shape"),
+        helper.make_node("Reshape", [x, f"{name}/heads#"], [f"{name}/heads"], name=f"{name}/Heads"),
+        helper.make_node("SimplifiedLayerNormalization", [f"{name}/heads", node.input[1]], [f"{name}/normed"],
+                         name=f"{name}/Norm", axis=-1, epsilon=attributes.get("epsilon", 1e-5), stash_type=1),
+        helper.make_node("Reshape", [f"{name}/normed", f"{name}/shape"], [f"{name}/rows"], name=f"{name}/Rows"),
+        *gating,
+        helper.make_node("Mul", [f"{name}/rows", gating[-1].output[0]], [node.output[0]], name=f"{name}/Gate"),
+    ]
+
+
 def main() -> int:
-    """``python -m edged.engine.graph DECODER``: the rewritten decoder on stdout, so that a
-    daemon can have it without carrying the onnx module for the rest of its life."""
+    """The rewritten decoder on stdout; exit status 3 and the reason on stderr when the
+    graph is not one these rewrites know."""
+    parser = argparse.ArgumentParser(prog="python -m edged.engine.graph", description=__doc__.split("\n\n")[0])
+    parser.add_argument("decoder", type=Path)
+    parser.add_argument("--last-logits", action="store_true", help="compute the logits at the last position only")
+    parser.add_argument("--cpu-ops", action="store_true", help="GatedRMSNorm as the vectorized operators it computes")
+    args = parser.parse_args()
     try:
-        sys.stdout.buffer.write(decoder_with_last_logits(Path(sys.argv[1])))
+        sys.stdout.buffer.write(rewritten_decoder(args.decoder, args.last_logits, args.cpu_ops))
     except GraphError as error:
         print(error, file=sys.stderr)
         return 3
