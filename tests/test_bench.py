@@ -158,3 +158,23 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_the_sides_of_a_comparison_take_turns_and_each_counts_its_fastest_run() -> None:
+    """A machine that slows down half-way must slow both sides of a ratio, not the one timed last."""
+    from edged.bench.timing import best_in_turn
+
+    order = []
+    taken = {("edged", "decode"): [9.0, 3.0, 4.0], ("og", "decode"): [9.0, 5.0, 2.0],
+             ("edged", "prefill"): [9.0, 7.0, 6.0], ("og", "prefill"): [9.0, 8.0, 9.0], ("edged", "only"): [9.0, 1.0, 2.0]}
+
+    def run(side: str, figure: str):
+        def timed() -> float:
+            order.append(f"{side}/{figure}")
+            return taken[side, figure].pop(0)
+        return timed
+
+    fastest = best_in_turn({"edged": {name: run("edged", name) for name in ("decode", "prefill", "only")},
+                            "og": {name: run("og", name) for name in ("decode", "prefill")}}, repeats=2)
+    assert fastest == {"edged": {"decode": 3.0, "prefill": 6.0, "only": 1.0}, "og": {"decode": 2.0, "prefill": 8.0}}
+    assert order[5:] == ["edged/decode", "og/decode", "edged/prefill", "og/prefill", "edged/only"] * 2  # after the warm-ups

@@ -2,7 +2,8 @@
 
 Every figure is a ratio of two timings taken here, in this process, on the same package,
 prompt and thread count, so it says how edged compares and not how fast this machine is.
-Each timing is the best of ``repeats`` runs after a warm-up.
+Each timing is the best of ``repeats`` runs after a warm-up; edged's and og.Generator's runs
+of a figure take turns (timing.best_in_turn).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.bench.children import dies_with_parent
-from edged.bench.timing import best
+from edged.bench.timing import best, best_in_turn, seconds
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
 
@@ -191,18 +192,18 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     one core kept busy."""
     from edged.engine.engine import Engine
 
-    progress("edged")
+    progress("edged, og.Generator as configured and og.Generator at edged's threads, in turn")
     engine = Engine(package, threads=threads, max_length=1024)
     work = Workload.for_engine(engine, image)
-    ours = _edged_seconds(engine, work, repeats)
+    timed = best_in_turn({"edged": _edged_timings(engine, work), "og": _og_timings(OgRunner(package, None), work),
+                          "og_same_threads": _og_timings(OgRunner(package, threads), work)}, repeats)
+    progress("edged alone")
+    ours = {**timed["edged"], **_edged_seconds(engine, work, repeats)}
+    theirs, same_threads = ({"fanout": float("nan"), **timed[side]} for side in ("og", "og_same_threads"))
     token_ids = {"decode_prompt": engine.encode(work.decode_prompt), "prefill_128": engine.encode(work.prefill_prompt),
                  "prefill_512": engine.encode(work.prefill_512_prompt)}
     multimodal, spin = engine.multimodal, engine.spin
     del engine
-    progress("og.Generator as configured")
-    theirs = _og_seconds(OgRunner(package, None), work, repeats)
-    progress("og.Generator at edged's threads")
-    same_threads = _og_seconds(OgRunner(package, threads), work, repeats)
     # Peak memory in fresh processes, once this one has let go of the models.
     progress("peak memory")
     peak, peak_later = _peak_rss_mb(package, threads, "edged")
@@ -271,10 +272,11 @@ def _add_contended(bench: EngineBench, package: Path, threads: int, work: Worklo
     try:
         time.sleep(0.5)
         engine = Engine(package, threads=threads, max_length=1024)
-        ours = min(_repeat(_edged_decode(engine, work), repeats))
         bench.contended_spin = engine.spin
+        timed = best_in_turn({"edged": {"decode": _edged_decode(engine, work)},
+                              "og": {"decode": _og_decode(OgRunner(package, None), work)}}, repeats)
+        ours, theirs = timed["edged"]["decode"], timed["og"]["decode"]
         del engine
-        theirs = min(_repeat(_og_decode(OgRunner(package, None), work), repeats))
     finally:
         busy.kill()
         busy.wait()
@@ -320,39 +322,10 @@ def _add_llama(bench: EngineBench, checkpoint: Path, threads: int, token_ids: di
     bench.llama_prefill_512_ratio = round(k_m["prefill_512_s"] / bench.prefill_512_s, 2)
 
 
-def _edged_seconds(engine, work: Workload, repeats: int) -> dict[str, float]:
-    """Seconds per decoded token, per prefill, per fan-out (and per naive loop), to first
-    token; the fan-out's token-count bound and a saved session's bytes."""
+def _edged_timings(engine, work: Workload) -> dict[str, Callable[[], float]]:
+    """The figures og.Generator has too, each a run that returns its seconds: per decoded
+    token, per prefill, per fan-out, to first token after a cached prefix."""
     from edged.engine.engine import GenerationOptions
-    from edged.engine.persist import save_state
-
-    decode = _edged_decode(engine, work)
-
-    def prefill() -> None:
-        engine.extend_prompt(engine.new_state(), work.prefill_prompt)
-
-    def prefill_512() -> None:
-        engine.extend_prompt(engine.new_state(), work.prefill_512_prompt)
-
-    fanout_tokens, naive_tokens = [0], [0]
-
-    def fanout() -> None:
-        state = engine.new_state()
-        engine.extend_prompt(state, work.image_head, [work.picture])
-        total = state.length
-        for tail in work.rule_tails:
-            branch = state.fork()
-            engine.extend_prompt(branch, tail)
-            total += branch.length - state.length
-        fanout_tokens[0] = total
-
-    def naive() -> None:
-        total = 0
-        for tail in work.rule_tails:
-            state = engine.new_state()
-            engine.extend_prompt(state, work.image_head + tail, [work.picture])
-            total += state.length
-        naive_tokens[0] = total
 
     prefix = engine.new_state()
     engine.extend_prompt(prefix, work.system)
@@ -362,51 +335,88 @@ def _edged_seconds(engine, work: Workload, repeats: int) -> dict[str, float]:
         engine.extend_prompt(branch, work.question)
         engine.generate(branch, GenerationOptions(max_tokens=1)).run()
 
-    seconds = {"decode": min(_repeat(decode, repeats)), "prefill": best(prefill, repeats), "ttft": best(ttft, repeats),
-               "prefill_512": best(prefill_512, repeats)}
+    timings = {"decode": _edged_decode(engine, work),
+               "prefill": lambda: seconds(lambda: engine.extend_prompt(engine.new_state(), work.prefill_prompt)),
+               "ttft": lambda: seconds(ttft)}
     if engine.multimodal:
-        seconds.update(fanout=best(fanout, repeats), naive=best(naive, repeats))
+        timings["fanout"] = lambda: seconds(lambda: _fanout(engine, work))
+    return timings
+
+
+def _fanout(engine, work: Workload) -> int:
+    """The picture read once and every rule on a fork of it; the tokens that took."""
+    state = engine.new_state()
+    engine.extend_prompt(state, work.image_head, [work.picture])
+    total = state.length
+    for tail in work.rule_tails:
+        branch = state.fork()
+        engine.extend_prompt(branch, tail)
+        total += branch.length - state.length
+    return total
+
+
+def _edged_seconds(engine, work: Workload, repeats: int) -> dict[str, float]:
+    """The figures only edged has: the 512-token prefill, the naive loop beside the fan-out
+    and the fan-out's token-count bound, the rules batched, frame preparation, and a saved
+    session's bytes."""
+    from edged.engine.engine import GenerationOptions
+    from edged.engine.persist import save_state
+
+    naive_tokens = [0]
+
+    def naive() -> None:
+        total = 0
+        for tail in work.rule_tails:
+            state = engine.new_state()
+            engine.extend_prompt(state, work.image_head + tail, [work.picture])
+            total += state.length
+        naive_tokens[0] = total
+
+    figures = {"prefill_512": best(lambda: engine.extend_prompt(engine.new_state(), work.prefill_512_prompt), repeats)}
+    if engine.multimodal:
+        figures["naive"] = best(naive, repeats)
+        figures["fanout_bound"] = naive_tokens[0] / _fanout(engine, work)
         read = engine.new_state()
         engine.extend_prompt(read, work.image_head, [work.picture])
         tails = [engine.encode(tail) for tail in work.rule_tails]
-        seconds["rules_sequential"] = best(lambda: engine.fork_logits(read, tails), repeats)
-        seconds["rules_batched"] = best(lambda: engine.fork_logits(read, tails, rows=len(tails)), repeats)
-        seconds["fanout_bound"] = naive_tokens[0] / fanout_tokens[0]
+        figures["rules_sequential"] = best(lambda: engine.fork_logits(read, tails), repeats)
+        figures["rules_batched"] = best(lambda: engine.fork_logits(read, tails, rows=len(tails)), repeats)
         frame = (np.random.default_rng(3).random((384, 512, 3)) * 255).astype(np.uint8)
-        seconds["frame_prep"] = best(lambda: engine._process(work.image_head, [frame]), repeats)
-        seconds["png_frame_prep"] = best(lambda: engine._process(work.image_head, [encode_png(frame)]), repeats)
+        figures["frame_prep"] = best(lambda: engine._process(work.image_head, [frame]), repeats)
+        figures["png_frame_prep"] = best(lambda: engine._process(work.image_head, [encode_png(frame)]), repeats)
     else:
-        seconds.update(fanout=float("nan"), naive=float("nan"), fanout_bound=float("nan"),
+        figures.update(fanout=float("nan"), naive=float("nan"), fanout_bound=float("nan"),
                        frame_prep=float("nan"), png_frame_prep=float("nan"), rules_sequential=float("nan"),
                        rules_batched=float("nan"))
     with tempfile.TemporaryDirectory() as scratch:
-        session = prefix.fork()
+        session = engine.new_state()
+        engine.extend_prompt(session, work.system)
         engine.extend_prompt(session, work.question)
         engine.generate(session, GenerationOptions(max_tokens=16)).run()
-        seconds["session_bytes"] = save_state(session, Path(scratch) / "session.safetensors")
-    return seconds
+        figures["session_bytes"] = save_state(session, Path(scratch) / "session.safetensors")
+    return figures
 
 
-def _edged_decode(engine, work: Workload) -> Callable[[], None]:
-    """One timed decode of ``work.decode_tokens`` tokens; its seconds per token on ``.seconds``."""
+def _edged_decode(engine, work: Workload) -> Callable[[], float]:
+    """One timed decode of ``work.decode_tokens`` tokens; it returns the seconds per token."""
     from edged.engine.engine import GenerationOptions
 
-    def decode() -> None:
+    def decode() -> float:
         state = engine.new_state()
         engine.extend_prompt(state, work.decode_prompt)
         engine.generate(state, GenerationOptions(max_tokens=1)).run()
         started = time.perf_counter()
         generation = engine.generate(state, GenerationOptions(max_tokens=work.decode_tokens)).run()
-        decode.seconds = (time.perf_counter() - started) / len(generation.tokens)  # type: ignore[attr-defined]
+        return (time.perf_counter() - started) / len(generation.tokens)
 
     return decode
 
 
-def _og_decode(og_runner: OgRunner, work: Workload) -> Callable[[], None]:
+def _og_decode(og_runner: OgRunner, work: Workload) -> Callable[[], float]:
     """As _edged_decode, for og.Generator."""
     prompt_tokens = len(og_runner.tokenizer.encode(work.decode_prompt))
 
-    def decode() -> None:
+    def decode() -> float:
         generator = og_runner.generator(work.decode_prompt, None, prompt_tokens + work.decode_tokens + 2)
         generator.generate_next_token()
         started = time.perf_counter()
@@ -414,36 +424,25 @@ def _og_decode(og_runner: OgRunner, work: Workload) -> Callable[[], None]:
         while not generator.is_done() and count < work.decode_tokens:
             generator.generate_next_token()
             count += 1
-        decode.seconds = (time.perf_counter() - started) / count  # type: ignore[attr-defined]
+        return (time.perf_counter() - started) / count
 
     return decode
 
 
-def _og_seconds(og_runner: OgRunner, work: Workload, repeats: int) -> dict[str, float]:
+def _og_timings(og_runner: OgRunner, work: Workload) -> dict[str, Callable[[], float]]:
     """The same figures for og.Generator; the fan-out is its examples' pattern, a fresh
     multimodal Generator per rule."""
-
-    def prefill() -> None:
-        og_runner.generator(work.prefill_prompt, None, 140).generate_next_token()
 
     def fanout() -> None:
         for tail in work.rule_tails:
             og_runner.generator(work.image_head + tail, [str(work.picture)], 1024).generate_next_token()
 
-    def ttft() -> None:
-        og_runner.generator(work.system + work.question, None, 600).generate_next_token()
-
-    return {"decode": min(_repeat(_og_decode(og_runner, work), repeats)), "prefill": best(prefill, repeats), "ttft": best(ttft, repeats),
-            "fanout": best(fanout, repeats) if og_runner.multimodal else float("nan")}
-
-
-def _repeat(run: Callable[[], None], repeats: int) -> list[float]:
-    run()
-    seconds = []
-    for _ in range(repeats):
-        run()
-        seconds.append(run.seconds)  # type: ignore[attr-defined]
-    return seconds
+    timings = {"decode": _og_decode(og_runner, work),
+               "prefill": lambda: seconds(lambda: og_runner.generator(work.prefill_prompt, None, 140).generate_next_token()),
+               "ttft": lambda: seconds(lambda: og_runner.generator(work.system + work.question, None, 600).generate_next_token())}
+    if og_runner.multimodal:
+        timings["fanout"] = lambda: seconds(fanout)
+    return timings
 
 
 def _picture() -> Path:
