@@ -19,10 +19,12 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         description="Decode and prefill speed, 8-rule fan-out on one image, time to first token after a\n"
         "cached prefix, peak memory and saved-session size: edged against og.Generator on the\n"
         "same package, in one run. og runs twice: as the package configures it (what its users\n"
-        "get) and told edged's thread count (the headline ratios). Then decode again while another\n"
-        "process keeps a core busy; with --float-vision, the package's vision encoder against a\n"
-        "float32 one; with --against llama.cpp, llama.cpp on the package's checkpoint. A few\n"
-        "seconds on the tiny model, 10 to 20 minutes on 0.8B.",
+        "get) and told edged's thread count (the headline ratios); the three take turns at each\n"
+        "figure, so a machine whose speed drifts slows them alike, and are loaded together (about\n"
+        "three times the package's memory). Then decode again while another process keeps a\n"
+        "core busy; with --float-vision, the package's vision encoder against a float32 one;\n"
+        "with --against llama.cpp, llama.cpp on the package's checkpoint. A few seconds on the\n"
+        "tiny model, 10 to 20 minutes on 0.8B.",
         epilog="example, at 0.8B:\n"
         "  edged models build --size 0.8b --out m --keep-checkpoint\n"
         "  edged models build --size 0.8b --out f32 --vision-precision fp32\n"
