@@ -226,8 +226,8 @@ class Engine:
 
     def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
         """The package's decoder, rewritten (graph.py) to compute only the last position's
-        logits, the only ones ever read, and on the CPU to run two scalar kernels as
-        vectorized operators. A graph the rewrites do not know runs as it is."""
+        logits, the only ones ever read, and on the CPU to run the gated norm's scalar kernel
+        as vectorized operators. A graph the rewrites do not know runs as it is."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
                     *(["--cpu-ops"] if self._device == "cpu" else [])]
         if not rewrites:

@@ -21,8 +21,8 @@ activations to 8 bits, that can move a logit as much as another CPU's kernels do
 (docs/engine.md). Every path of the engine runs the same graph, so a state forked, saved or
 resumed still gives exactly the tokens the engine gives from scratch. CUDA's kernel is
 fused already: the engine asks for this on the CPU only. (CausalConvWithState is a scalar
-loop too, but written as standard operators it took 50 MB more at its peak and no less
-time: docs/engine.md.)
+loop too, but written as standard operators it took 50 MB more at its peak for no gain
+beyond the machine's noise: docs/engine.md.)
 """
 
 from __future__ import annotations
