@@ -95,10 +95,7 @@ when = "Is there anything in the picture"
     for asker in askers:
         asker.send(ask)
     with Client(daemon.control, timeout=10) as client:
-        def evaluations() -> int:
-            return client.status().rules["front"][0].evaluations
-
-        started, before, answers, busy = time.monotonic(), evaluations(), 0, 0
+        started, before, answers, busy = time.monotonic(), client.status(), 0, 0
         poller = zmq.Poller()
         for asker in askers:
             poller.register(asker, zmq.POLLIN)
@@ -109,20 +106,28 @@ when = "Is there anything in the picture"
                     answers += reply["ok"]
                     busy += not reply["ok"] and reply["error"]["code"] == "busy"
                     asker.send(ask)
-        evaluated = evaluations() - before
+        status = client.status()
         described = 0
         while descriptions.receive(timeout=0.1) is not None:
             described += 1
-        status = client.status()
     for asker in askers:
         asker.close()
     descriptions.close()
-    # The camera gives 2 frames a second; asks take at most their share (ask 0.5 of 0.9 while
-    # rules and descriptions wait), so rules keep at least one frame in two.
+    evaluated = status.rules["front"][0].evaluations - before.rules["front"][0].evaluations
+    offered = status.cameras["front"].frames - before.cameras["front"].frames
+    spent = {kind: status.inference_s.get(kind, 0.0) - before.inference_s.get(kind, 0.0)
+             for kind in ("ask", "rules", "describe")}
+    # How many frames the rules can see depends on how fast this machine reads one; what must
+    # hold anywhere is that they either kept up with the camera or had their share of the time
+    # against the asks (0.3 to 0.5, with room for the moments they had no frame waiting).
     assert answers > 10 and busy > 0
-    assert evaluated >= 15, f"{evaluated} rule evaluations in 15 s under a flood of asks"
+    kept_up = evaluated >= 0.9 * offered
+    assert kept_up or spent["rules"] >= 0.7 * 0.3 / 0.5 * spent["ask"], (
+        f"{evaluated} of {offered} frames evaluated; inference seconds {spent}")
     assert described >= 2, f"{described} descriptions in 15 s with describe_every_s = 1"
     assert set(status.jobs_dropped) <= {"ask", "rules", "detect", "describe"}
+    shown = edged("status", "--endpoint", daemon.control, timeout=30).stdout
+    assert "inference time: ask " in shown and " rules " in shown  # where the time went, the most first
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 

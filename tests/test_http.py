@@ -208,6 +208,7 @@ consecutive = 3
     assert samples[("edged_model_info", (("execution_provider", "CPUExecutionProvider"), ("model", "edged-tiny-vl-fp32")))] == 1
     assert samples[("process_resident_memory_bytes", ())] > 50 << 20
     assert "edged_jobs_dropped" in families and "edged_tokens_per_second" in families
+    assert samples[("edged_inference_seconds_total", (("kind", "rules"),))] > 0  # the rule's evaluations took time
     assert "edged_time_to_first_token_seconds" in families
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0

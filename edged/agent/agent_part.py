@@ -200,20 +200,27 @@ class AgentPart:
         self._queue.charge(running.job, now - running.charged_until)
         running.charged_until = now
 
-    def _answer_waiting_questions(self, running: int = RULES) -> None:
-        """Between the pieces of a frame's read, or the tokens of a periodic description or
-        detection, in a job of kind ``running``: the questions waiting, each on its own state,
-        as long as questions are within their share of time against that kind, so that none
-        waits for the whole job (whose result is the same). Once the daemon is stopping, the
-        job ends here instead: a read is seconds long on a slow board, longer than the stop
-        may take."""
+    def _let_waiting_work_in(self, running: int, frames: bool = False) -> None:
+        """Between the pieces of a job of kind ``running`` (a frame's read, the tokens of a
+        description or detection): the questions waiting, each on its own state, as long as
+        questions are within their share of time against that kind, so that none waits for
+        the whole job (whose result is the same). With ``frames``, new frames are taken too,
+        and their rules let in the same way: with questions let in, a description lasts
+        seconds, and a camera's mailbox keeps only its newest frame (under a flood of asks
+        the rules saw one frame in two, at a tenth of the time, not their share). Never
+        during a read: rules let in there could read that same frame a second time. Once the
+        daemon is stopping, the job ends here instead: a read is seconds long on a slow
+        board, longer than the stop may take."""
+        kinds = (ASK, RULES) if frames else (ASK,)
         while True:
             if self._stop.is_set():
                 raise Cancelled()
             self._pulse.beat()
             if self._running:
                 self._charge_running()
-            job = self._queue.take_waiting(ASK, running=running)
+            if frames and not self._queue.waiting(RULES):
+                self._accept_next_frame()
+            job = self._queue.take_waiting(kinds, running=running)
             if job is None:
                 return
             self._run_job(job)
@@ -259,9 +266,10 @@ class AgentPart:
         trackers = self._memory.trackers.get(frame.camera, [])
         if not trackers:
             return  # the camera's rules were removed after this job was queued: no read needed
-        read = self._memory.read(frame, self._tasks, self._answer_waiting_questions)
+        questions = partial(self._let_waiting_work_in, RULES)
+        read = self._memory.read(frame, self._tasks, questions)
         for tracker in trackers:
-            self._answer_waiting_questions(RULES)
+            questions()
             event = self._tasks.evaluate_rule(read, tracker)
             if event is not None:
                 self._publish("rule", frame, event)
@@ -270,19 +278,19 @@ class AgentPart:
         self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
 
     def _detect_periodically(self, camera: str) -> None:
-        questions = partial(self._answer_waiting_questions, DETECT)
+        questions = partial(self._let_waiting_work_in, DETECT)
         read = self._memory.newest_read(camera, self._tasks, between=questions)
         if read is not None:
-            detection = self._tasks.detect(read, cancel=self._stop, between=questions)
+            detection = self._tasks.detect(read, cancel=self._stop, between=partial(questions, frames=True))
             self._memory.set_detection(camera, detection)
             self._publish("detection", read.frame, detection)
             log.info("detection", camera=camera, objects=[o.label for o in detection.objects])
 
     def _describe_periodically(self, camera: str) -> None:
-        questions = partial(self._answer_waiting_questions, DESCRIBE)
+        questions = partial(self._let_waiting_work_in, DESCRIBE)
         read = self._memory.newest_read(camera, self._tasks, between=questions)
         if read is not None:
-            description = self._tasks.describe(read, cancel=self._stop, between=questions)
+            description = self._tasks.describe(read, cancel=self._stop, between=partial(questions, frames=True))
             self._publish("description", read.frame, description)
             log.info("description", camera=camera, text=description.text)
 
@@ -309,6 +317,7 @@ class AgentPart:
             tokens_per_s=tasks.figures.tokens_per_s, ttft_ms=tasks.figures.ttft_ms,
             frame_to_event_ms=self._frame_to_event_ms, frame_to_rules_ms=self._frame_to_rules_ms,
             drops=sum(self._queue.dropped.values()), jobs_dropped=dict(self._queue.dropped),
+            inference_s={kind: round(seconds, 3) for kind, seconds in self._queue.seconds.items()},
             rules={name: [t.state() for t in trackers] for name, trackers in self._memory.trackers.items()},
             engine_loads=self.engine_loads, prompt_version=tasks.prompt_version,
         )

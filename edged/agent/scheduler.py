@@ -52,6 +52,8 @@ class JobQueue:
         self._added = threading.Event()
         self._clock = clock
         self.dropped: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        """Inference seconds charged to each kind, by name: where the time went."""
 
     def put(self, priority: int, run: Callable[[], None], deadline: float = float("inf"),
             expire: Callable[[], None] = lambda: None) -> None:
@@ -74,22 +76,27 @@ class JobQueue:
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
             return heapq.heappop(self._waiting[kind])
 
-    def take_waiting(self, priority: int, running: int) -> Job | None:
+    def take_waiting(self, kinds: Sequence[int], running: int) -> Job | None:
         """For a job of kind ``running`` that lets others in between its pieces: the next job
-        of kind ``priority``, if one waits (the stale dropped first) and its kind has not had
-        more than its share against ``running``'s. So a flood of questions lets one or two in
-        per frame read, not all: the read goes on, and the rules with it."""
+        of whichever of ``kinds`` is furthest below its share, if one waits (the stale dropped
+        first) and its kind has not had more than its share against ``running``'s. So a flood
+        of questions lets one or two in per frame read, not all: the read goes on, and the
+        rules with it."""
         self._drop_expired()
         with self._lock:
-            jobs = self._waiting[priority]
-            if not jobs or self._used.get(priority, -1.0) > self._used.get(running, -1.0):
+            waiting = [kind for kind in kinds if self._waiting[kind]]
+            if not waiting:
                 return None
-            return heapq.heappop(jobs)
+            kind = min(waiting, key=lambda k: (self._used.get(k, -1.0), k))
+            if self._used.get(kind, -1.0) > self._used.get(running, -1.0):
+                return None
+            return heapq.heappop(self._waiting[kind])
 
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
-        if job.priority in SHARES:
-            with self._lock:
+        with self._lock:
+            self.seconds[KIND_NAMES[job.priority]] += seconds
+            if job.priority in SHARES:
                 self._used[job.priority] += seconds / SHARES[job.priority]
 
     def waiting(self, priority: int) -> int:

@@ -97,6 +97,8 @@ class InferenceFigures(_Model):
     drops: int = Field(0, description="inference jobs dropped since start, all kinds")
     jobs_dropped: dict[str, int] = Field(
         default_factory=dict, description="jobs dropped because their frame or request went stale, by kind")
+    inference_s: dict[str, float] = Field(
+        default_factory=dict, description="inference seconds since start, by kind: ask, rules, detect, describe, control")
     rules: dict[str, list[RuleState]] = Field(default_factory=dict, description="each camera's rules")
     engine_loads: int = Field(0, description="times the model was loaded since start (a reload does not load it)")
     prompt_version: str | None = Field(None, description="version of the system prompt in use")

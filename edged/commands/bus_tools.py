@@ -171,6 +171,9 @@ def _status(args: argparse.Namespace) -> int:
               + (f" on {status.execution_provider}" if status.execution_provider else ""))
         dropped = ", ".join(f"{kind} {n}" for kind, n in sorted(status.jobs_dropped.items())) or "none"
         print(f"queue {status.queue_depth}, busy refusals {status.requests_busy}, jobs dropped: {dropped}")
+        if status.inference_s:
+            spent = sorted(status.inference_s.items(), key=lambda item: -item[1])
+            print("inference time: " + ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in spent))
         speed = [f"{name} {value}" for name, value in (("tokens/s", status.tokens_per_s), ("TTFT ms", status.ttft_ms),
                                                        ("frame to event ms", status.frame_to_event_ms)) if value is not None]
         if speed:

@@ -45,6 +45,11 @@ class StatusCollector(Collector):
         for kind, count in sorted(status.jobs_dropped.items()):
             dropped.add_metric([kind], count)
         yield dropped
+        inference = CounterMetricFamily("edged_inference_seconds", "Inference time since start, by kind of work",
+                                        labels=["kind"])
+        for kind, seconds in sorted(status.inference_s.items()):
+            inference.add_metric([kind], seconds)
+        yield inference
         frames = CounterMetricFamily("edged_frames", "Frames sent on to the model, by camera", labels=["camera"])
         drops = CounterMetricFamily("edged_frames_dropped", "Frames replaced before the model took them",
                                     labels=["camera"])
