@@ -14,7 +14,24 @@ from pathlib import Path
 
 import pytest
 
+import arm64_proof
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    arm64_proof.last(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if arm64_proof.wanted(session.items):
+        arm64_proof.start(session.config, REPO)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    arm64_proof.stop(session.config)
 
 # Variables that would make a child behave as if systemd or a user had configured it.
 _INHERITED_NOISE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from arm64_proof import running as running_proof
 from conftest import REPO, needs_root
 
 INT4_LOGIT_TOLERANCE = 0.4
@@ -21,15 +22,17 @@ own kernels (measured: 0.33, docs/deploy.md)."""
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def arm64_proof(request: pytest.FixtureRequest) -> Path:
+    """The proof's output folder; it was started with the session (tests/arm64_proof.py)."""
     needs_root()
-    out = tmp_path_factory.mktemp("arm64")
-    result = subprocess.run(["bash", str(REPO / "deploy/arm64-proof.sh"), str(out)], capture_output=True, text=True,
-                            timeout=2700)
+    proof = running_proof(request.config, REPO)
+    status = proof.wait()
+    out = proof.out
     logs = "\n".join(f"--- {name}\n{(out / name).read_text()[-3000:]}" for name in
-                     ("install.log", "check.log", "platform.log", "debootstrap.log") if (out / name).exists())
-    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}\n{logs}"
-    print(result.stdout.strip().splitlines()[-1])  # how long each part took
+                     ("install.log", "check.log", "platform.log", "packages.log", "dry-run.log", "debootstrap.log")
+                     if (out / name).exists())
+    assert status == 0, f"{proof.log()[-3000:]}\n{logs}"
+    print(proof.log().strip().splitlines()[-1])  # how long each part took
     return out
 
 
@@ -42,10 +45,10 @@ def here() -> dict:
 
 @pytest.mark.root
 @pytest.mark.own_python
-def test_install_sh_installs_a_working_edged_on_arm64(proof: Path) -> None:
-    assert "installing edged for board 'generic' into /" in (proof / "install.log").read_text()
-    assert "valid" in (proof / "check.log").read_text()
-    report = json.loads((proof / "platform.json").read_text())
+def test_install_sh_installs_a_working_edged_on_arm64(arm64_proof: Path) -> None:
+    assert "installing edged for board 'generic' into /" in (arm64_proof / "install.log").read_text()
+    assert "valid" in (arm64_proof / "check.log").read_text()
+    report = json.loads((arm64_proof / "platform.json").read_text())
     assert report["machine"] == "aarch64"
     run = report["run"]
     assert run["ready_s"] is not None and run["rule_event_s"] is not None, run["log_tail"]
@@ -54,8 +57,9 @@ def test_install_sh_installs_a_working_edged_on_arm64(proof: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.own_python
-def test_fp32_gives_the_same_tokens_on_arm64_and_int4_logits_stay_within_tolerance(proof: Path, here: dict) -> None:
-    arm = json.loads((proof / "platform.json").read_text())
+def test_fp32_gives_the_same_tokens_on_arm64_and_int4_logits_stay_within_tolerance(arm64_proof: Path,
+                                                                                   here: dict) -> None:
+    arm = json.loads((arm64_proof / "platform.json").read_text())
     assert arm["text-fp32"]["tokens"] == here["text-fp32"]["tokens"]
     assert np.allclose(arm["text-fp32"]["logits"], here["text-fp32"]["logits"], atol=1e-4)
     arm_logits, here_logits = np.array(arm["text-int4"]["logits"]), np.array(here["text-int4"]["logits"])
