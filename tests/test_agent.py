@@ -484,16 +484,16 @@ def test_a_read_lets_questions_in_only_within_their_share_against_the_rules() ->
     queue.put(RULES, lambda: None)  # the frame's other rules, waiting behind the read
     for _ in range(5):
         queue.put(ASK, lambda: None)
-    first = queue.take_waiting((ASK,), running=RULES)
+    first = queue.take_waiting(ASK, running=RULES)
     assert first is not None and first.priority == ASK
     queue.charge(first, 1.0)  # a question's time: now ahead of the rules, which the read has not charged yet
-    assert queue.take_waiting((ASK,), running=RULES) is None and queue.waiting(ASK) == 4
+    assert queue.take_waiting(ASK, running=RULES) is None and queue.waiting(ASK) == 4
     queue.charge(queue.take(), 1.0)  # the rules job ends and is charged (1 s / 0.3 share)
-    assert queue.take_waiting((ASK,), running=RULES) is not None
-    assert queue.take_waiting((RULES,), running=ASK) is None  # nothing of that kind waits
+    assert queue.take_waiting(ASK, running=RULES) is not None
+    assert queue.take_waiting(RULES, running=ASK) is None  # nothing of that kind waits
 
 
-def test_a_description_lets_in_whichever_waiting_kind_is_furthest_below_its_share() -> None:
+def test_a_description_lets_no_question_in_while_a_frame_s_rules_have_the_better_claim() -> None:
     from edged.agent.scheduler import ASK, DESCRIBE, RULES, JobQueue
 
     queue = JobQueue()
@@ -501,16 +501,16 @@ def test_a_description_lets_in_whichever_waiting_kind_is_furthest_below_its_shar
     describing = queue.take()
     queue.charge(describing, 0.1)  # its read and first tokens: 1 s against its 0.1 share
     queue.put(ASK, lambda: None)
-    queue.put(RULES, lambda: None)  # a frame that came in meanwhile
-    asked = queue.take_waiting((ASK, RULES), running=DESCRIBE)
-    assert asked is not None and asked.priority == ASK  # equal claims: the more urgent first
-    queue.charge(asked, 0.6)  # 1.2 s against 0.5: the rules (0 s) are now furthest below
-    ruled = queue.take_waiting((ASK, RULES), running=DESCRIBE)
-    assert ruled is not None and ruled.priority == RULES
-    queue.charge(ruled, 0.6)  # 2 s against 0.3: past the description's 1 s, as the asks' 1.2 s is
+    queue.put(RULES, lambda: None)  # a frame that came in meanwhile, level with the asks
+    asked = queue.take_waiting(ASK, running=DESCRIBE, yield_to=(RULES,))
+    assert asked is not None  # equal claims: the question first, as take() would pick it
+    queue.charge(asked, 0.2)  # 0.4 s against 0.5: the rules (0 s) now have the better claim
     queue.put(ASK, lambda: None)
-    assert queue.take_waiting((ASK, RULES), running=DESCRIBE) is None  # the description's turn
-    assert dict(queue.seconds) == pytest.approx({"describe": 0.1, "ask": 0.6, "rules": 0.6})
+    assert queue.take_waiting(ASK, running=DESCRIBE, yield_to=(RULES,)) is None
+    assert queue.take_waiting(ASK, running=DESCRIBE) is not None  # without yield_to, as in a read
+    queue.charge(describing, 0.1)  # the description ends alone
+    assert queue.take().priority == RULES  # and the frame's rules are next
+    assert dict(queue.seconds) == pytest.approx({"describe": 0.2, "ask": 0.2})
 
 
 def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_time() -> None:

@@ -76,21 +76,22 @@ class JobQueue:
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
             return heapq.heappop(self._waiting[kind])
 
-    def take_waiting(self, kinds: Sequence[int], running: int) -> Job | None:
+    def take_waiting(self, priority: int, running: int, yield_to: Sequence[int] = ()) -> Job | None:
         """For a job of kind ``running`` that lets others in between its pieces: the next job
-        of whichever of ``kinds`` is furthest below its share, if one waits (the stale dropped
-        first) and its kind has not had more than its share against ``running``'s. So a flood
-        of questions lets one or two in per frame read, not all: the read goes on, and the
-        rules with it."""
+        of kind ``priority``, if one waits (the stale dropped first) and its kind has not had
+        more than its share against ``running``'s. So a flood of questions lets one or two in
+        per frame read, not all: the read goes on, and the rules with it. None as well while
+        a job of a kind in ``yield_to`` waits that ``take`` would pick first: the running job
+        then goes on alone, ends sooner, and that job is next."""
         self._drop_expired()
         with self._lock:
-            waiting = [kind for kind in kinds if self._waiting[kind]]
-            if not waiting:
+            jobs = self._waiting[priority]
+            if not jobs or self._used.get(priority, -1.0) > self._used.get(running, -1.0):
                 return None
-            kind = min(waiting, key=lambda k: (self._used.get(k, -1.0), k))
-            if self._used.get(kind, -1.0) > self._used.get(running, -1.0):
+            claim = (self._used.get(priority, -1.0), priority)
+            if any(self._waiting[kind] and (self._used.get(kind, -1.0), kind) < claim for kind in yield_to):
                 return None
-            return heapq.heappop(self._waiting[kind])
+            return heapq.heappop(jobs)
 
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
