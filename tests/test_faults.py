@@ -18,6 +18,7 @@ import zmq
 from conftest import REPO, TINY, NotifySocket, clean_env, edged, wait_until, write_config
 from test_bus import free_ports
 
+from edged.agent.scheduler import ASK, RULES, SHARES
 from edged.client import BusError, Client, Subscriber
 from edged.engine.store import _file_key
 
@@ -122,7 +123,7 @@ when = "Is there anything in the picture"
     # against the asks (0.3 to 0.5, with room for the moments they had no frame waiting).
     assert answers > 10 and busy > 0
     kept_up = evaluated >= 0.9 * offered
-    assert kept_up or spent["rules"] >= 0.7 * 0.3 / 0.5 * spent["ask"], (
+    assert kept_up or spent["rules"] >= 0.7 * SHARES[RULES] / SHARES[ASK] * spent["ask"], (
         f"{evaluated} of {offered} frames evaluated; inference seconds {spent}")
     assert described >= 2, f"{described} descriptions in 15 s with describe_every_s = 1"
     assert set(status.jobs_dropped) <= {"ask", "rules", "detect", "describe"}
