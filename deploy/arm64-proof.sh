@@ -95,12 +95,14 @@ mount --bind "$CACHE/apt-archives" "$root/var/cache/apt/archives"
 mount --bind "$CACHE/pip" "$root/root/.cache/pip"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+if [ "$MODE" != packages ]; then  # the checkout, for install.sh to run from (never into a cached root)
+    (cd "$SOURCE" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$root/src/edged")
+fi
 env=(/usr/bin/env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
      PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 
 case "$MODE" in
 list)
-    (cd "$SOURCE" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$root/src/edged")
     chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic --dry-run > "$OUT/dry-run.log" 2>&1
     sed -n 's/^==> Debian packages: //p' "$OUT/dry-run.log" | tr ' ' '\n' | sort > "$OUT/debian-packages"
     ;;
@@ -111,7 +113,6 @@ packages)
         "${packages[@]}" >> "$OUT/packages.log" 2>&1
     ;;
 proof)
-    (cd "$SOURCE" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$root/src/edged")
     started=$(date +%s)
     chroot "$root" "${env[@]}" bash /src/edged/deploy/install.sh --board generic \
         --model /src/edged/edged/models/tiny/text-int4 > "$OUT/install.log" 2>&1

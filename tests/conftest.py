@@ -19,8 +19,6 @@ import arm64_proof
 REPO = Path(__file__).resolve().parent.parent
 
 
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     arm64_proof.last(items)
 
@@ -32,6 +30,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     arm64_proof.stop(session.config)
+
 
 # Variables that would make a child behave as if systemd or a user had configured it.
 _INHERITED_NOISE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID")
