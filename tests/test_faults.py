@@ -118,13 +118,19 @@ when = "Is there anything in the picture"
     offered = status.cameras["front"].frames - before.cameras["front"].frames
     spent = {kind: status.inference_s.get(kind, 0.0) - before.inference_s.get(kind, 0.0)
              for kind in ("ask", "rules", "describe")}
-    # How many frames the rules can see depends on how fast this machine reads one; what must
-    # hold anywhere is that they either kept up with the camera or had their share of the time
-    # against the asks (0.3 to 0.5, with room for the moments they had no frame waiting).
+    # A frame's rules miss it when they are held back past the next frame (the camera's mailbox
+    # keeps only the newest and counts a drop) or past its deadline. How many that leaves depends on
+    # how fast this machine reads a frame and writes a description, so the test asks only what must
+    # hold anywhere: the rules saw at least one frame in two, or had their share of the time against
+    # the asks (0.3 to 0.5, with room for the moments they had no frame waiting). Missing more with
+    # less time is a flood of questions starving them. How a description holds questions back once
+    # a frame's rules wait is a unit test in test_agent.py, which no machine's speed can pass.
+    missed = (status.cameras["front"].drops - before.cameras["front"].drops
+              + status.jobs_dropped.get("rules", 0) - before.jobs_dropped.get("rules", 0))
     assert answers > 10 and busy > 0
-    kept_up = evaluated >= 0.9 * offered
-    assert kept_up or spent["rules"] >= 0.7 * SHARES[RULES] / SHARES[ASK] * spent["ask"], (
-        f"{evaluated} of {offered} frames evaluated; inference seconds {spent}")
+    saw_half = missed <= offered // 2
+    assert saw_half or spent["rules"] >= 0.7 * SHARES[RULES] / SHARES[ASK] * spent["ask"], (
+        f"{evaluated} of {offered} frames evaluated, {missed} missed; inference seconds {spent}")
     assert described >= 2, f"{described} descriptions in 15 s with describe_every_s = 1"
     assert set(status.jobs_dropped) <= {"ask", "rules", "detect", "describe"}
     shown = edged("status", "--endpoint", daemon.control, timeout=30).stdout
