@@ -104,6 +104,8 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
 
     assert report["peak_rss_mib"] <= ram_need_mb(read_manifest(BUNDLED_PACKAGE), 2048)
     assert report["asks"] >= 2 and report["ask_p99_ms"] >= report["ask_ms_p50"] > 0
+    # what the asks waited for: their round trip less their own prefill and decode
+    assert report["ask_wait_p99_ms"] >= report["ask_wait_ms_p50"] and report["ask_wait_ms_p50"] < report["ask_ms_p50"]
 
 
 def test_bench_ops_accounts_for_each_decoder_run_by_operator() -> None:
