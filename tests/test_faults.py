@@ -124,7 +124,7 @@ when = "Is there anything in the picture"
     # hold anywhere: the rules saw at least one frame in two, or had their share of the time against
     # the asks (0.3 to 0.5, with room for the moments they had no frame waiting). Missing more with
     # less time is a flood of questions starving them. How a description holds questions back once
-    # a frame's rules wait is a unit test in test_agent.py, which no machine's speed can pass.
+    # a frame's rules wait is tested on the scheduler alone in test_agent.py, on no clock at all.
     missed = (status.cameras["front"].drops - before.cameras["front"].drops
               + status.jobs_dropped.get("rules", 0) - before.jobs_dropped.get("rules", 0))
     assert answers > 10 and busy > 0
