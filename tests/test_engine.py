@@ -699,3 +699,22 @@ def test_file_pages_read_once_are_released_and_written_ones_kept(tmp_path: Path)
     assert int(released) == 8
     assert int(written_after) == int(written_before) >= 8 << 10  # a mapping with a written page is left alone
     assert written == "b'xxx'"
+
+
+def test_stop_runs_ends_reads_with_cancelled_and_leaves_text_and_other_engines_working(picture: Path) -> None:
+    """A stopping daemon tells its engine to stop runs: the vision encoder is one call with no
+    piece to stop between (on a slow board or under emulation, longer than the stop may take),
+    and a thread still inside it as the interpreter exits aborts the process."""
+    from edged.engine.errors import Cancelled
+
+    stopping, other = Engine(TINY / "vl-int4"), Engine(TINY / "vl-int4")
+    stopping.stop_runs()
+    with pytest.raises(Cancelled):
+        stopping.extend_prompt(stopping.new_state(), image_prompt(stopping, "Hi"), [picture])
+    assert stopping.counters.images_encoded == 0
+    text = stopping.new_state()
+    stopping.extend_prompt(text, "Hello")  # what is left to do as it stops (saving sessions) still runs
+    assert len(text.tokens) > 0
+    read = other.new_state()
+    other.extend_prompt(read, image_prompt(other, "Hi"), [picture])
+    assert other.counters.images_encoded == 1

@@ -123,6 +123,8 @@ class AgentPart:
         the inference thread, which owns the sessions, saves them before ``deadline``."""
         self._stop_deadline = deadline
         self._stop.set()
+        if self.engine is not None:
+            self.engine.stop_runs()
         self._queue.wake()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():

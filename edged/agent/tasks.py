@@ -21,6 +21,7 @@ from edged.agent.rules import RuleTracker
 from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleConfig, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
+from edged.engine.errors import Cancelled
 from edged.engine.generation import Generation
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, conversation, rule_question, system_turn
 from edged.engine.sampling import SamplingOptions
@@ -184,10 +185,6 @@ def generation_options(max_tokens: int, temperature: float = 0.0, stop: list[str
                        schema: dict[str, Any] | None = None) -> GenerationOptions:
     return GenerationOptions(max_tokens=max_tokens, stop=tuple(stop or ()),
                              sampling=SamplingOptions(temperature=temperature), json_schema=schema)
-
-
-class Cancelled(Exception):
-    """A generation stopped because the daemon is stopping."""
 
 
 def objects_in_pixels(document: str, width: int, height: int) -> list[DetectedObject]:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import structlog
 
 from edged.engine.cores import FREE_ENOUGH, free_cores, usable_cores
-from edged.engine.errors import ContextFullError, EngineError
+from edged.engine.errors import Cancelled, ContextFullError, EngineError
 from edged.engine.generation import Generation, GenerationOptions
 from edged.engine.memory import TRIM_AFTER_TOKENS, release_file_pages, release_free_memory
 from edged.engine.positions import prompt_positions, text_positions
@@ -118,6 +118,8 @@ class Engine:
             self._table, self.embedding = self._embedding(config["embedding"]["filename"])
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
         self._vision: ort.InferenceSession | None = None
+        self._vision_run = ort.RunOptions()
+        """Shared by every vision encoder run, so that ``stop_runs`` can end the one in progress."""
         self._processor: ImageProcessor | None = None
         self._patch_grid = PatchGrid.of_package(self.package) if self._vision_file else None
         self.image_token_id = int(config.get("image_token_id", -1))
@@ -304,9 +306,21 @@ class Engine:
         if self._vision is None:
             self._vision = self._session(self._vision_file)  # type: ignore[arg-type]
             release_file_pages(self.package)
-        features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
+        try:
+            features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid}, self._vision_run)[0]
+        except Exception:
+            if self._vision_run.terminate:
+                raise Cancelled() from None
+            raise
         self.counters.images_encoded += len(grid)  # type: ignore[arg-type]
         return features
+
+    def stop_runs(self) -> None:
+        """End a vision encoder run in progress, and refuse later ones, with ``Cancelled``:
+        for a daemon that stops. The encoder is one call, seconds long on a slow board (under
+        emulation, longer than the stop may take), with no piece to stop between; a thread
+        still inside it when the interpreter exits aborts the process."""
+        self._vision_run.terminate = True
 
     def _embed(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
         return self._embed_rows(np.asarray([ids], dtype=np.int64), features)
