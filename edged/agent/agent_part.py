@@ -119,8 +119,9 @@ class AgentPart:
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
-        """Stops within one decode step: an answer in progress is cut off and told why, and
-        the inference thread, which owns the sessions, saves them before ``deadline``."""
+        """Stops within one decode step or read piece, and a vision encoder run at once: an
+        answer in progress is cut off and told why, and the inference thread, which owns the
+        sessions, saves them before ``deadline``."""
         self._stop_deadline = deadline
         self._stop.set()
         if self.engine is not None:
