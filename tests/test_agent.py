@@ -484,33 +484,38 @@ def test_a_read_lets_questions_in_only_within_their_share_against_the_rules() ->
     queue.put(RULES, lambda: None)  # the frame's other rules, waiting behind the read
     for _ in range(5):
         queue.put(ASK, lambda: None)
-    first = queue.take_waiting(ASK, running=RULES)
+    first = queue.take_waiting((ASK,), running=RULES)
     assert first is not None and first.priority == ASK
     queue.charge(first, 1.0)  # a question's time: now ahead of the rules, which the read has not charged yet
-    assert queue.take_waiting(ASK, running=RULES) is None and queue.waiting(ASK) == 4
+    assert queue.take_waiting((ASK,), running=RULES) is None and queue.waiting(ASK) == 4
     queue.charge(queue.take(), 1.0)  # the rules job ends and is charged (1 s / 0.3 share)
-    assert queue.take_waiting(ASK, running=RULES) is not None
-    assert queue.take_waiting(RULES, running=ASK) is None  # nothing of that kind waits
+    assert queue.take_waiting((ASK,), running=RULES) is not None
+    assert queue.take_waiting((RULES,), running=ASK) is None  # nothing of that kind waits
 
 
 def test_a_description_lets_no_question_in_while_a_frame_s_rules_have_the_better_claim() -> None:
     from edged.agent.scheduler import ASK, DESCRIBE, RULES, JobQueue
 
+    frame_read = [False]
     queue = JobQueue()
     queue.put(DESCRIBE, lambda: None)
     describing = queue.take()
     queue.charge(describing, 0.1)  # its read and first tokens: 1 s against its 0.1 share
     queue.put(ASK, lambda: None)
-    queue.put(RULES, lambda: None)  # a frame that came in meanwhile, level with the asks
-    asked = queue.take_waiting(ASK, running=DESCRIBE, yield_to=(RULES,))
-    assert asked is not None  # equal claims: the question first, as take() would pick it
+    queue.put(RULES, lambda: None, nestable=lambda: frame_read[0])  # a frame that came in meanwhile, level with the asks
+    asked = queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,))
+    assert asked is not None and asked.priority == ASK  # equal claims: the question first, as take() would pick it
     queue.charge(asked, 0.2)  # 0.4 s against 0.5: the rules (0 s) now have the better claim
     queue.put(ASK, lambda: None)
-    assert queue.take_waiting(ASK, running=DESCRIBE, yield_to=(RULES,)) is None
-    assert queue.take_waiting(ASK, running=DESCRIBE) is not None  # without yield_to, as in a read
-    queue.charge(describing, 0.1)  # the description ends alone
-    assert queue.take().priority == RULES  # and the frame's rules are next
-    assert dict(queue.seconds) == pytest.approx({"describe": 0.2, "ask": 0.2})
+    assert queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,)) is None  # their frame is not read
+    assert queue.take_waiting((ASK,), running=DESCRIBE).priority == ASK  # without yield_to, as in a read
+    queue.put(ASK, lambda: None)
+    frame_read[0] = True  # the description's read was of the rules' frame: they may run between its tokens
+    rules = queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,))
+    assert rules is not None and rules.priority == RULES
+    queue.charge(rules, 0.3)  # 1 s against 0.3: the question is next
+    assert queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,)).priority == ASK
+    assert dict(queue.seconds) == pytest.approx({"describe": 0.1, "ask": 0.2, "rules": 0.3})
 
 
 def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_time() -> None:
@@ -661,12 +666,14 @@ def test_a_question_between_the_pieces_of_a_frames_read_uses_the_cameras_last_fi
     memory.remember(first, keep=4)
     earlier = memory.read(first, tasks)
     memory.remember(second, keep=4)
+    assert memory.is_read(first) and not memory.is_read(second)  # what a frame's rules job asks to run between tokens
     seen = []
     encoded = engine.counters.images_encoded
     read = memory.read(second, tasks, between=lambda: seen.append(memory.newest_read("door", tasks)))
     assert len(seen) >= 2 and all(found is earlier for found in seen)
     assert engine.counters.images_encoded == encoded + 1  # the frame was read once
     assert memory.newest_read("door", tasks) is read and read.provenance.frame_seq == 2
+    assert memory.is_read(second) and not memory.is_read(first)
     alone = tasks.read(second)
     np.testing.assert_array_equal(read.state.logits, alone.state.logits)
     # A question about the camera's newest frame takes the last finished read while that is

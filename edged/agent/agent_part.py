@@ -207,14 +207,16 @@ class AgentPart:
         """Between the pieces of a job of kind ``running`` (a frame's read, the tokens of a
         description or detection): the questions waiting, each on its own state, as long as
         questions are within their share of time against that kind, so that none waits for
-        the whole job (whose result is the same). With ``frames``, new frames are taken too,
-        and once a frame's rules wait with a better claim than the questions', none is let in
-        until the job ends and the rules run: with questions let in a description lasts
-        seconds, and a camera's mailbox keeps only its newest frame (under a flood of asks
-        the rules saw one frame in two, with a tenth of the time). The rules wait rather than
-        run in between: their read beside the description's state would raise the daemon's
-        peak memory (by 80 MB at 0.8B). Once the daemon is stopping, the job ends here
-        instead: a read is seconds long on a slow board, longer than the stop may take."""
+        the whole job (whose result is the same). With ``frames`` (between tokens), new frames
+        are taken too, and a frame's rules run here as well once their frame is read (the
+        description's own read, most often): they fork that read, so the peak memory stays
+        that of a question let in. Rules that would read their frame here instead wait, and
+        while their claim is better than the questions', none is let in until the job ends
+        and the rules run: with questions let in a description lasts seconds, and a camera's
+        mailbox keeps only its newest frame (under a flood of asks the rules saw one frame in
+        two, with a tenth of the time). A read beside the description's state would raise the
+        daemon's peak memory (by 80 MB at 0.8B). Once the daemon is stopping, the job ends
+        here instead: a read is seconds long on a slow board, longer than the stop may take."""
         while True:
             if self._stop.is_set():
                 raise Cancelled()
@@ -223,7 +225,8 @@ class AgentPart:
                 self._charge_running()
             if frames and not self._queue.waiting(RULES):
                 self._accept_next_frame()
-            job = self._queue.take_waiting(ASK, running=running, yield_to=(RULES,) if frames else ())
+            job = self._queue.take_waiting((ASK, RULES) if frames else (ASK,), running=running,
+                                           yield_to=(RULES,) if frames else ())
             if job is None:
                 return
             self._run_job(job)
@@ -238,7 +241,8 @@ class AgentPart:
         self._memory.remember(frame, self._settings.agent.frames_kept)
         deadline = frame.monotonic + self._settings.agent.stale_after_s
         if self._memory.trackers.get(name):
-            self._queue.put(RULES, partial(self._evaluate_rules, frame), deadline)
+            self._queue.put(RULES, partial(self._evaluate_rules, frame), deadline,
+                            nestable=partial(self._memory.is_read, frame))
         camera = self._settings.cameras.get(name)
         if camera is not None:
             for task in self._periods.due(name, camera, time.monotonic()):

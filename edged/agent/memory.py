@@ -50,6 +50,11 @@ class AgentMemory:
             self._reads = {**self._reads, frame.camera: read}
         return read
 
+    def is_read(self, frame: Frame) -> bool:
+        """Whether ``frame`` is its camera's last finished read: a task on it needs no read."""
+        read = self._reads.get(frame.camera)
+        return read is not None and read.frame is frame
+
     def newest_read(self, camera: str | None, tasks: FrameTasks, reuse_within_s: float = 0.0,
                     between: Callable[[], None] | None = None) -> ReadFrame | None:
         """The newest frame of ``camera`` (of any camera when None), read; or the camera's

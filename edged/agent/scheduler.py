@@ -38,6 +38,8 @@ class Job:
     run: Callable[[], None] = field(compare=False)
     expire: Callable[[], None] = field(compare=False, default=lambda: None)
     """Called instead of ``run`` when the deadline has passed (e.g. to tell a client)."""
+    nestable: Callable[[], bool] = field(compare=False, default=lambda: True)
+    """Whether the job may run now between the pieces of another (``take_waiting``)."""
 
 
 class JobQueue:
@@ -56,13 +58,13 @@ class JobQueue:
         """Inference seconds charged to each kind, by name: where the time went."""
 
     def put(self, priority: int, run: Callable[[], None], deadline: float = float("inf"),
-            expire: Callable[[], None] = lambda: None) -> None:
+            expire: Callable[[], None] = lambda: None, nestable: Callable[[], bool] = lambda: True) -> None:
         with self._lock:
             if priority in self._used and not self._waiting[priority]:
                 # A kind that was idle starts level with the busiest claim, not ahead of it.
                 rivals = [self._used[kind] for kind in self._used if self._waiting[kind]]
                 self._used[priority] = max(self._used[priority], min(rivals, default=0.0))
-            heapq.heappush(self._waiting[priority], Job(priority, next(self._order), deadline, run, expire))
+            heapq.heappush(self._waiting[priority], Job(priority, next(self._order), deadline, run, expire, nestable))
         self._added.set()
 
     def take(self) -> Job | None:
@@ -76,22 +78,27 @@ class JobQueue:
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
             return heapq.heappop(self._waiting[kind])
 
-    def take_waiting(self, priority: int, running: int, yield_to: Sequence[int] = ()) -> Job | None:
+    def take_waiting(self, kinds: Sequence[int], running: int, yield_to: Sequence[int] = ()) -> Job | None:
         """For a job of kind ``running`` that lets others in between its pieces: the next job
-        of kind ``priority``, if one waits (the stale dropped first) and its kind has not had
-        more than its share against ``running``'s. So a flood of questions lets one or two in
-        per frame read, not all: the read goes on, and the rules with it. None as well while
-        a job of a kind in ``yield_to`` waits that ``take`` would pick first: the running job
-        then goes on alone, ends sooner, and that job is next."""
+        of one of ``kinds`` that may run there now (``Job.nestable``; the stale dropped first)
+        and whose kind has not had more than its share against ``running``'s, the lowest
+        claim first. So a flood of questions lets one or two in per frame read, not all: the
+        read goes on, and the rules with it. None as well while a job of a kind in
+        ``yield_to`` that cannot run there waits and ``take`` would pick it first: the running
+        job then goes on alone, ends sooner, and that job is next."""
         self._drop_expired()
         with self._lock:
-            jobs = self._waiting[priority]
-            if not jobs or self._used.get(priority, -1.0) > self._used.get(running, -1.0):
+            def claim(kind: int) -> tuple[float, int]:
+                return self._used.get(kind, -1.0), kind
+
+            ready = [kind for kind in kinds if self._waiting[kind] and self._waiting[kind][0].nestable()
+                     and claim(kind)[0] <= claim(running)[0]]
+            if not ready:
                 return None
-            claim = (self._used.get(priority, -1.0), priority)
-            if any(self._waiting[kind] and (self._used.get(kind, -1.0), kind) < claim for kind in yield_to):
+            kind = min(ready, key=claim)
+            if any(self._waiting[other] and claim(other) < claim(kind) for other in yield_to):
                 return None
-            return heapq.heappop(jobs)
+            return heapq.heappop(self._waiting[kind])
 
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
