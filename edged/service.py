@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from functools import partial
 from collections.abc import Callable, Sequence
@@ -120,7 +121,26 @@ def serve(
             print(f"edged: not started: {problem}", file=sys.stderr)
         return EX_CONFIG
     log.info("model chosen", path=str(model.path), reason=model.reason)
-    return Service(loaded, reload_config, partial(parts_factory, model=model)).run()
+    status = Service(loaded, reload_config, partial(parts_factory, model=model)).run()
+    end_now_if_threads_linger(status)
+    return status
+
+
+def end_now_if_threads_linger(status: int) -> None:
+    """End the process at once with ``status`` if a thread of the daemon still runs after the
+    stop: one inside a native call that outlived the stop's budget (a decoder piece of a large
+    model on a slow board, a camera library's blocking read). Left to the interpreter's
+    teardown, a thread that returns from onnxruntime into the finalizing interpreter takes the
+    process down with it ("terminate called", signal 6), and systemd records a crash for a
+    clean stop."""
+    lingering = [thread.name for thread in threading.enumerate() if thread is not threading.main_thread()]
+    if not lingering:
+        return
+    log.warning("threads still running after the stop: the process ends without the interpreter's teardown",
+                threads=lingering, exit_status=status)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
 
 
 class Service:

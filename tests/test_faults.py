@@ -474,6 +474,32 @@ def test_a_request_that_arrives_while_the_daemon_stops_is_answered_at_once(
     assert daemon.wait() == 0
 
 
+def test_a_thread_stuck_in_a_native_call_past_the_stop_budget_does_not_crash_the_exit(
+    start_daemon, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    """The inference thread is inside onnxruntime runs that outlast the stop's budget
+    (stuck_run_daemon.py). The stop gives up on it, and the daemon must still exit with its
+    own status: a thread that returns from onnxruntime into the interpreter's teardown aborts
+    the process (signal 6, what a systemd unit records as a crash)."""
+    config = write_config(tmp_path / "edged.toml", """
+[cameras.front]
+source = "synthetic"
+fps = 5.0
+gate_threshold = 0.0
+[[cameras.front.rules]]
+id = "anything"
+when = "Is there anything in the picture"
+""")
+    daemon = start_daemon(argv=[sys.executable, str(REPO / "tests" / "stuck_run_daemon.py"), str(config)])
+    notify_socket.wait_for("READY", "1")
+    wait_until(lambda: "stuck in native runs" in daemon.log(), timeout=30, what="the first read")
+    daemon.send(signal.SIGTERM)
+    status = daemon.wait(timeout=20)
+    log = daemon.log()
+    assert status == 0, log[-2000:]
+    assert "did not stop in time" in log and "threads still running after the stop" in log
+
+
 # -- the stop fits the unit's TimeoutStopSec ---------------------------------------------------
 
 
