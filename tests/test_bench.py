@@ -92,9 +92,10 @@ def test_bench_capture_runs_and_reports_every_camera() -> None:
 
 
 def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
-    result = edged("bench", "agent", "--seconds", "4", "--json", timeout=120)
+    result = edged("bench", "agent", "--seconds", "4", "--set", "agent.reuse_read_within_s=5", "--json", timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert report["config_overrides"] == ["agent.reuse_read_within_s=5"]  # the daemon started with it
     assert report["frames_with_rules"] > 0 and report["frame_to_rules_ms_p50"] > 0
     assert report["ask_ms_p50"] > 0 and report["status_tokens_per_s"] > 0 and report["images_encoded"] > 0
     assert report["daemon_peak_rss_mb"] > 50 and report["peak_rss_mib"] == report["daemon_peak_rss_mb"]
@@ -106,6 +107,12 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
     assert report["asks"] >= 2 and report["ask_p99_ms"] >= report["ask_ms_p50"] > 0
     # what the asks waited for: their round trip less their own prefill and decode
     assert report["ask_wait_p99_ms"] >= report["ask_wait_ms_p50"] and report["ask_wait_ms_p50"] < report["ask_ms_p50"]
+
+
+def test_bench_agent_says_why_its_daemon_did_not_start() -> None:
+    result = edged("bench", "agent", "--seconds", "4", "--set", "agent.reuse_read_within=5", timeout=120)
+    assert result.returncode == 1
+    assert "status 78" in result.stderr and "agent.reuse_read_within: unknown key" in result.stderr
 
 
 def test_bench_ops_accounts_for_each_decoder_run_by_operator() -> None:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +57,8 @@ class AgentBench:
     images_encoded: int
     daemon_peak_rss_mb: float
     """The daemon's peak resident memory over the run: what a board must have for it."""
+    config_overrides: list[str]
+    """The daemon's config values set for the run (``--set KEY=VALUE``, as ``edged run``)."""
     peak_rss_mib: float
     """The same (VmHWM in KiB / 1024), under the name the goals use."""
 
@@ -82,9 +85,12 @@ describe_every_s = 10.0
     return path
 
 
-def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: int = 10) -> AgentBench:
+def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: int = 10,
+                    config_overrides: Sequence[str] = ()) -> AgentBench:
     """Watch a 1 frame/s synthetic camera with rules for ``seconds``, asking ``asks``
-    questions at even intervals, at moments unrelated to the frames' reads."""
+    questions at even intervals, at moments unrelated to the frames' reads. The daemon runs
+    with each of ``config_overrides`` (KEY=VALUE) as ``edged run --set`` takes it; a daemon
+    that does not start raises RuntimeError with the end of its log."""
     from edged.client import Client, Subscriber
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -92,11 +98,16 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
         config = _config(folder, model.resolve(), threads)
         log = (folder / "daemon.log").open("w")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGED_", "NOTIFY_SOCKET"))}
-        daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
+        settings = [argument for assignment in config_overrides for argument in ("--set", assignment)]
+        daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config), *settings],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=dies_with_parent)
         try:
             control, events = f"ipc://{folder}/control.sock", f"ipc://{folder}/events.sock"
-            _wait_ready(control, daemon)
+            try:
+                _wait_ready(control, daemon)
+            except (RuntimeError, TimeoutError) as error:
+                log.flush()
+                raise RuntimeError(f"{error}; its log ends:\n{_last_lines(folder / 'daemon.log')}") from None
             rules_latency: list[float] = []
             event_latency: list[float] = []
             round_trips: list[float] = []
@@ -133,8 +144,12 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
         ask_p99_ms=_p99(round_trips), ask_wait_ms_p50=_median(waits) or 0.0, ask_wait_p99_ms=_p99(waits),
         status_ttft_ms=status.ttft_ms, status_tokens_per_s=status.tokens_per_s,
         jobs_dropped=status.jobs_dropped, images_encoded=status.images_encoded or 0,
-        daemon_peak_rss_mb=peak_mb, peak_rss_mib=peak_mb,
+        daemon_peak_rss_mb=peak_mb, peak_rss_mib=peak_mb, config_overrides=list(config_overrides),
     )
+
+
+def _last_lines(path: Path, count: int = 8) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -190,6 +205,7 @@ def format_table(bench: AgentBench) -> str:
         f"{bench.status_ttft_ms} ms, {bench.status_tokens_per_s} tokens/s (status)",
         f"jobs dropped: {bench.jobs_dropped or 'none'}; images encoded: {bench.images_encoded}",
         f"daemon peak RSS: {bench.daemon_peak_rss_mb} MB",
+        *([f"config set: {' '.join(bench.config_overrides)}"] if bench.config_overrides else []),
     ])
 
 

@@ -102,6 +102,10 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     agent.add_argument("--seconds", type=float, default=60.0, help="how long to watch (default 60)")
     agent.add_argument("--asks", type=int, default=10, help="questions asked at even intervals (default 10)")
     agent.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+    agent.add_argument(
+        "-s", "--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
+        help="run the daemon with this config value, as `edged run --set` takes it (repeatable), e.g. "
+        "--set agent.reuse_read_within_s=20 to weigh fresher answers against quicker ones")
     agent.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object")
     agent.set_defaults(handler=_agent)
     integrations = sub.add_parser(
@@ -201,7 +205,12 @@ def _agent(args: argparse.Namespace) -> int:
     from edged.bench.agent import as_json, format_table, run_agent_bench
     from edged.models.installed import BUNDLED_PACKAGE
 
-    result = run_agent_bench(args.model or BUNDLED_PACKAGE, seconds=args.seconds, threads=args.threads, asks=args.asks)
+    try:
+        result = run_agent_bench(args.model or BUNDLED_PACKAGE, seconds=args.seconds, threads=args.threads,
+                                 asks=args.asks, config_overrides=args.assignments)
+    except RuntimeError as error:
+        print(f"edged bench agent: {error}", file=sys.stderr)
+        return 1
     print(as_json(result) if args.as_json else format_table(result))
     return 0
 
