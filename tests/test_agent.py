@@ -500,22 +500,54 @@ def test_a_description_lets_no_question_in_while_a_frame_s_rules_have_the_better
     queue = JobQueue()
     queue.put(DESCRIBE, lambda: None)
     describing = queue.take()
-    queue.charge(describing, 0.1)  # its read and first tokens: 1 s against its 0.1 share
+    queue.charge(describing, 0.3)  # its read and first tokens: 3 s against its 0.1 share
     queue.put(ASK, lambda: None)
     queue.put(RULES, lambda: None, nestable=lambda: frame_read[0])  # a frame that came in meanwhile, level with the asks
     asked = queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,))
     assert asked is not None and asked.priority == ASK  # equal claims: the question first, as take() would pick it
     queue.charge(asked, 0.2)  # 0.4 s against 0.5: the rules (0 s) now have the better claim
+    queue.finish(asked)
+    queue.charge(describing, 0.1)  # the description goes on
     queue.put(ASK, lambda: None)
     assert queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,)) is None  # their frame is not read
-    assert queue.take_waiting((ASK,), running=DESCRIBE).priority == ASK  # without yield_to, as in a read
+    asked = queue.take_waiting((ASK,), running=DESCRIBE)  # without yield_to, as in a read
+    assert asked is not None and asked.priority == ASK
+    queue.finish(asked)
     queue.put(ASK, lambda: None)
     frame_read[0] = True  # the description's read was of the rules' frame: they may run between its tokens
     rules = queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,))
     assert rules is not None and rules.priority == RULES
     queue.charge(rules, 0.3)  # 1 s against 0.3: the question is next
+    queue.finish(rules)
     assert queue.take_waiting((ASK, RULES), running=DESCRIBE, yield_to=(RULES,)).priority == ASK
-    assert dict(queue.seconds) == pytest.approx({"describe": 0.1, "ask": 0.2, "rules": 0.3})
+    assert dict(queue.seconds) == pytest.approx({"describe": 0.4, "ask": 0.2, "rules": 0.3})
+
+
+def test_a_question_after_a_quiet_spell_gets_into_a_running_job_even_behind_a_waiting_description() -> None:
+    """A kind that was idle comes back level with the lowest busy claim, the running job's
+    included. Leveled with a waiting description's alone (a tenth share, so the highest claim),
+    a question that came while a frame's rules ran looked over its share against them and
+    waited for their whole job (bench agent's slowest answers, traced)."""
+    from edged.agent.scheduler import ASK, DESCRIBE, RULES, JobQueue
+
+    queue = JobQueue()
+    for kind, seconds in ((DESCRIBE, 2.0), (RULES, 3.0)):  # the story so far: no questions
+        queue.put(kind, lambda: None)
+        job = queue.take()
+        queue.charge(job, seconds)
+        queue.finish(job)
+    queue.put(RULES, lambda: None)  # a frame comes in, and calls for a description too
+    queue.put(DESCRIBE, lambda: None)  # which waits: its claim is the highest
+    rules = queue.take()
+    assert rules.priority == RULES
+    queue.charge(rules, 0.3)  # the frame's read has begun
+    queue.put(ASK, lambda: None)
+    asked = queue.take_waiting((ASK,), running=RULES)
+    assert asked is not None  # in at the read's next piece
+    queue.charge(asked, 2.0)
+    queue.finish(asked)
+    queue.put(ASK, lambda: None)  # a flood is still held to its share: the next one waits
+    assert queue.take_waiting((ASK,), running=RULES) is None
 
 
 def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_time() -> None:
@@ -530,6 +562,7 @@ def test_a_flood_of_asks_leaves_rules_and_descriptions_their_share_of_inference_
         seconds = 1.0 if job.priority == ASK else 0.5
         used[job.priority] += seconds
         queue.charge(job, seconds)
+        queue.finish(job)
     total = sum(used.values())
     claims = sum(SHARES[kind] for kind in used)
     for kind, seconds in used.items():

@@ -190,6 +190,7 @@ class AgentPart:
             self.publish("error", None, ErrorEvent(code="internal", message=f"{type(error).__name__}: {error}"))
         finally:
             self._charge_running()
+            self._queue.finish(job)
             self._running.pop()
             if self._running:  # the time a question let in took is its own, not the job's it came into
                 self._running[-1].charged_until = time.monotonic()

@@ -5,9 +5,11 @@ cameras taken in turn.
 Kinds: control (config changes, always first), ask (any request a client waits for),
 rules, detect, describe. While several kinds have work waiting, each gets inference time
 in proportion to its share (ask 0.5, rules 0.3, detect 0.1, describe 0.1): a flood of
-questions cannot stop the rules, and rules cannot stop descriptions. A kind with nothing
-waiting banks no credit, and one kind alone gets all the time. Between kinds with equal
-claims the more urgent goes first; within a kind, first come first served.
+questions cannot stop the rules, and rules cannot stop descriptions. A kind that was idle
+(nothing waiting or running) comes back level with the lowest claim of the busy kinds: it
+banks no credit while idle, and is not set behind the job running either. One kind alone
+gets all the time. Between kinds with equal claims the more urgent goes first; within a
+kind, first come first served.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ class JobQueue:
         self.dropped: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         """Inference seconds charged to each kind, by name: where the time went."""
+        self._running: Counter[int] = Counter()
+        """Jobs taken and not yet finished, by kind (a job let in runs inside another)."""
 
     def put(self, priority: int, run: Callable[[], None], deadline: float = float("inf"),
             expire: Callable[[], None] = lambda: None, nestable: Callable[[], bool] = lambda: True) -> None:
         with self._lock:
-            if priority in self._used and not self._waiting[priority]:
-                # A kind that was idle starts level with the busiest claim, not ahead of it.
-                rivals = [self._used[kind] for kind in self._used if self._waiting[kind]]
+            if priority in self._used and not self._waiting[priority] and not self._running[priority]:
+                # Level with the lowest busy claim, running ones included: leveled with a
+                # waiting description's alone, a question that came while a frame's rules ran
+                # looked over its share against them and waited for their whole job.
+                rivals = [self._used[kind] for kind in self._used if self._waiting[kind] or self._running[kind]]
                 self._used[priority] = max(self._used[priority], min(rivals, default=0.0))
             heapq.heappush(self._waiting[priority], Job(priority, next(self._order), deadline, run, expire, nestable))
         self._added.set()
@@ -76,7 +82,7 @@ class JobQueue:
             if not kinds:
                 return None
             kind = min(kinds, key=lambda k: (self._used.get(k, -1.0), k))  # control: -1, always first
-            return heapq.heappop(self._waiting[kind])
+            return self._start(kind)
 
     def take_waiting(self, kinds: Sequence[int], running: int, yield_to: Sequence[int] = ()) -> Job | None:
         """For a job of kind ``running`` that lets others in between its pieces: the next job
@@ -98,7 +104,17 @@ class JobQueue:
             kind = min(ready, key=claim)
             if any(self._waiting[other] and claim(other) < claim(kind) for other in yield_to):
                 return None
-            return heapq.heappop(self._waiting[kind])
+            return self._start(kind)
+
+    def _start(self, kind: int) -> Job:
+        job = heapq.heappop(self._waiting[kind])
+        self._running[kind] += 1
+        return job
+
+    def finish(self, job: Job) -> None:
+        """The job taken has ended (after its last ``charge``)."""
+        with self._lock:
+            self._running[job.priority] -= 1
 
     def charge(self, job: Job, seconds: float) -> None:
         """Count ``seconds`` of inference time against the job's kind."""
