@@ -40,15 +40,14 @@ class AgentMemory:
     def read(self, frame: Frame, tasks: FrameTasks, between: Callable[[], None] | None = None) -> ReadFrame:
         """The model's read of ``frame``, made once however many tasks ask for it; ``between``
         runs between its pieces."""
-        read = self._reads.get(frame.camera)
-        if read is None or read.frame is not frame:
+        if not self.is_read(frame):
             self._reading = {**self._reading, frame.camera: frame}
             try:
                 read = tasks.read(frame, between)
             finally:
                 self._reading = {name: reading for name, reading in self._reading.items() if name != frame.camera}
             self._reads = {**self._reads, frame.camera: read}
-        return read
+        return self._reads[frame.camera]
 
     def is_read(self, frame: Frame) -> bool:
         """Whether ``frame`` is its camera's last finished read: a task on it needs no read."""
