@@ -26,7 +26,7 @@ import structlog
 from edged.engine.cores import FREE_ENOUGH, free_cores, usable_cores
 from edged.engine.errors import Cancelled, ContextFullError, EngineError
 from edged.engine.generation import Generation, GenerationOptions
-from edged.engine.memory import TRIM_AFTER_TOKENS, release_file_pages, release_free_memory
+from edged.engine.memory import TRIM_AFTER_TOKENS, allocate_large_buffers_apart, release_file_pages, release_free_memory
 from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.image_patches import PatchGrid
 from edged.engine.processor import ImageProcessor, ProcessedPrompt
@@ -100,6 +100,7 @@ class Engine:
         self.spin = spin
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
         self._device = "cuda" if provider == "cuda" else "cpu"
+        allocate_large_buffers_apart()
         self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
         self.execution_provider = self.decoder.get_providers()[0]
         """The provider that runs the decoder, as onnxruntime reports it."""
