@@ -582,6 +582,43 @@ def test_an_engine_gives_each_large_buffer_a_mapping_of_its_own_returned_when_fr
     assert mapped >= 1.0 and returned == mapped
 
 
+ENCODER_MEMORY_SCRIPT = """
+import ctypes, sys
+import numpy as np
+import onnxruntime as ort
+from edged.engine.engine import Engine
+
+class MallocInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallocInfo
+
+engine = Engine(sys.argv[1], threads=2)
+frame = engine._process("<|vision_start|><|image_pad|><|vision_end|>", [np.full((448, 448, 3), 90, np.uint8)])
+side = 64  # a picture of 64 x 64 patches: activations of hundreds of MB, even for the tiny encoder
+pixels = np.resize(frame.pixel_values, (side * side, frame.pixel_values.shape[1]))
+grid = np.array([[1, side, side]], dtype=np.int64)
+before = mallinfo2().hblkhd
+features = [engine._encode_images(pixels, grid) for _ in range(2)]
+kept = (mallinfo2().hblkhd - before - sum(f.nbytes for f in features)) / 2**20
+plain = ort.InferenceSession(str(engine.package / engine._vision_file), providers=["CPUExecutionProvider"])
+expected = plain.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
+print(kept, all(np.array_equal(f, expected) for f in features))
+"""
+
+
+def test_the_vision_encoder_hands_back_its_activations_after_each_picture_and_gives_the_same_features() -> None:
+    """Its calls reuse their activations' memory from an arena (memory.reuse_activations_within_each_run),
+    which must shrink when each call ends: a daemon holds no picture's activations between frames."""
+    result = subprocess.run([sys.executable, "-c", ENCODER_MEMORY_SCRIPT, str(TINY / "vl-int4")],
+                            capture_output=True, text=True, check=True)
+    kept_mb, same_features = result.stdout.split()
+    assert float(kept_mb) < 4.0  # the arena's first chunk (1 MiB) may stay; without shrinking, 480 MB do
+    assert same_features == "True"
+
+
 def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewrite(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper

@@ -1,9 +1,10 @@
 """Memory handed back to the system: large buffers kept out of the heap
-(``allocate_large_buffers_apart``), heap freed after a big model run, and pages of model
-files that onnxruntime read once (``release_file_pages``).
+(``allocate_large_buffers_apart``), the vision encoder's activations reused within its call
+and handed back after it (``reuse_activations_within_each_run``), heap freed after a big
+model run, and pages of model files that onnxruntime read once (``release_file_pages``).
 
-ONNX Runtime's CPU arena is off (see Engine), so what a run allocates goes back to glibc's
-malloc when the run ends; but glibc keeps it in the process's heap for reuse, and a long
+ONNX Runtime's CPU arena is off for the decoder (see Engine), so what a run allocates goes
+back to glibc's malloc when the run ends; but glibc keeps it in the process's heap for reuse, and a long
 prompt or an image leaves tens of MB there that the daemon would hold for nothing. At 0.8B,
 a 512-token prompt then three of 128 tokens took peak RSS from 889 to 956 MB that way.
 ``malloc_trim`` gives free heap pages back to the kernel. The call takes 1 to 5 ms, and the
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+
+import onnxruntime as ort
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,6 +57,33 @@ def allocate_large_buffers_apart() -> bool:
     if _mallopt is None:
         return False
     return _mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER) == 1
+
+
+def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunOptions) -> None:
+    """Let a session's calls reuse the memory their activations free as they go, and hand it
+    all back when each call ends: for the vision encoder, whose one call frees and allocates
+    a layer's activations a dozen times over. From glibc (with ``allocate_large_buffers_apart``)
+    each of those is a fresh mapping whose pages are faulted in anew: at 0.8B a 448 x 448
+    frame faulted in 494 MiB per call. From an arena that grows by what is asked (not by
+    powers of two) and shrinks when the call ends, each layer reuses the last one's pages:
+    100 MiB per call, and the call took 0.69 to 0.75 s against 0.90 to 0.98 s (2 threads,
+    processes alternating), with the same features; a whole frame read (the call, then 200
+    tokens through the decoder) 2 to 8% less. The price is the arena's slack: the call's peak
+    is 13 to 16 MiB higher. onnxruntime's process-wide CPU arena serves only the sessions that
+    opt in (``session.use_env_allocators``); registering it again replaces it."""
+    arena = ort.OrtArenaCfg(0, ARENA_GROWS_BY_REQUEST, ARENA_FIRST_CHUNK, ARENA_MAX_DEAD_BYTES)
+    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(cpu, arena)
+    options.enable_cpu_mem_arena = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+ARENA_GROWS_BY_REQUEST = 1
+"""onnxruntime's kSameAsRequested: an arena short of room adds what the request needs."""
+ARENA_FIRST_CHUNK = 1 << 20
+ARENA_MAX_DEAD_BYTES = 1 << 20
+"""A free chunk is split when a request would leave more than this of it unused."""
 
 
 TRIM_AFTER_TOKENS = 64
