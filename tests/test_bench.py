@@ -107,6 +107,8 @@ def test_bench_agent_runs_the_daemon_and_reports_its_latencies() -> None:
     assert report["asks"] >= 2 and report["ask_p99_ms"] >= report["ask_ms_p50"] > 0
     # what the asks waited for: their round trip less their own prefill and decode
     assert report["ask_wait_p99_ms"] >= report["ask_wait_ms_p50"] and report["ask_wait_ms_p50"] < report["ask_ms_p50"]
+    # where the model's time went: the questions and the rules took some of it
+    assert report["inference_s"]["ask"] > 0 and report["inference_s"]["rules"] > 0 and report["busy_share"] > 0
 
 
 def test_bench_agent_says_why_its_daemon_did_not_start() -> None:

@@ -61,6 +61,12 @@ class AgentBench:
     """The daemon's config values set for the run (``--set KEY=VALUE``, as ``edged run``)."""
     peak_rss_mib: float
     """The same (VmHWM in KiB / 1024), under the name the goals use."""
+    inference_s: dict[str, float]
+    """Inference seconds over the run by kind (ask, rules, describe), from status, which counts
+    a job when it ends: one running as the run begins counts whole."""
+    busy_share: float
+    """Their sum over the run's length: near 1, the model never idled, and every job waited
+    for the others; the questions' waits then turn on the machine's speed that day."""
 
 
 def _config(folder: Path, model: Path, threads: int) -> Path:
@@ -113,6 +119,7 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
             round_trips: list[float] = []
             waits: list[float] = []
             with Client(control, timeout=120) as client, Subscriber(events, ["edged."]) as subscriber:
+                at_start = client.status().inference_s
                 started = time.monotonic()
                 asked = 0
                 while time.monotonic() - started < seconds:
@@ -131,6 +138,8 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
                         waits.append(round_trips[-1] - _own_time_ms(client.status(), answer.final))
                         asked += 1
                 status = client.status()
+                elapsed = time.monotonic() - started
+                spent = _spent_since(at_start, status.inference_s)
             peak_mb = _peak_rss_mb(daemon.pid)
         finally:
             daemon.terminate()
@@ -145,7 +154,14 @@ def run_agent_bench(model: Path, seconds: float = 60.0, threads: int = 0, asks: 
         status_ttft_ms=status.ttft_ms, status_tokens_per_s=status.tokens_per_s,
         jobs_dropped=status.jobs_dropped, images_encoded=status.images_encoded or 0,
         daemon_peak_rss_mb=peak_mb, peak_rss_mib=peak_mb, config_overrides=list(config_overrides),
+        inference_s=spent, busy_share=round(sum(spent.values()) / elapsed, 2),
     )
+
+
+def _spent_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Inference seconds by kind between two statuses (kinds that spent none left out)."""
+    spent = {kind: round(seconds - before.get(kind, 0.0), 1) for kind, seconds in after.items()}
+    return {kind: seconds for kind, seconds in spent.items() if seconds > 0}
 
 
 def _last_lines(path: Path, count: int = 8) -> str:
@@ -204,6 +220,8 @@ def format_table(bench: AgentBench) -> str:
         f"last answer's TTFT "
         f"{bench.status_ttft_ms} ms, {bench.status_tokens_per_s} tokens/s (status)",
         f"jobs dropped: {bench.jobs_dropped or 'none'}; images encoded: {bench.images_encoded}",
+        f"inference over the run: {', '.join(f'{kind} {s:g} s' for kind, s in bench.inference_s.items()) or 'none'}"
+        f" ({bench.busy_share:.0%} of it busy)",
         f"daemon peak RSS: {bench.daemon_peak_rss_mb} MB",
         *([f"config set: {' '.join(bench.config_overrides)}"] if bench.config_overrides else []),
     ])
