@@ -540,10 +540,8 @@ def test_memory_freed_after_a_run_goes_back_to_the_system() -> None:
     assert float(result.stdout) > 80
 
 
-LARGE_BUFFERS_SCRIPT = """
-import ctypes, sys
-import numpy as np
-from edged.engine.engine import Engine
+MAPPED_MB = """
+import ctypes
 
 class MallocInfo(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -553,7 +551,14 @@ mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = MallocInfo
 
 def mapped_mb():
+    '''glibc's buffers with a mapping of their own, in MiB'''
     return mallinfo2().hblkhd / 2**20
+"""
+
+LARGE_BUFFERS_SCRIPT = MAPPED_MB + """
+import sys
+import numpy as np
+from edged.engine.engine import Engine
 
 if sys.argv[1] != "-":
     Engine(sys.argv[1])
@@ -582,27 +587,20 @@ def test_an_engine_gives_each_large_buffer_a_mapping_of_its_own_returned_when_fr
     assert mapped >= 1.0 and returned == mapped
 
 
-ENCODER_MEMORY_SCRIPT = """
-import ctypes, sys
+ENCODER_MEMORY_SCRIPT = MAPPED_MB + """
+import sys
 import numpy as np
 import onnxruntime as ort
 from edged.engine.engine import Engine
-
-class MallocInfo(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-mallinfo2 = ctypes.CDLL(None).mallinfo2
-mallinfo2.restype = MallocInfo
 
 engine = Engine(sys.argv[1], threads=2)
 frame = engine._process("<|vision_start|><|image_pad|><|vision_end|>", [np.full((448, 448, 3), 90, np.uint8)])
 side = 64  # a picture of 64 x 64 patches: activations of hundreds of MB, even for the tiny encoder
 pixels = np.resize(frame.pixel_values, (side * side, frame.pixel_values.shape[1]))
 grid = np.array([[1, side, side]], dtype=np.int64)
-before = mallinfo2().hblkhd
+before = mapped_mb()
 features = [engine._encode_images(pixels, grid) for _ in range(2)]
-kept = (mallinfo2().hblkhd - before - sum(f.nbytes for f in features)) / 2**20
+kept = mapped_mb() - before - sum(f.nbytes for f in features) / 2**20
 plain = ort.InferenceSession(str(engine.package / engine._vision_file), providers=["CPUExecutionProvider"])
 expected = plain.run(None, {"pixel_values": pixels, "image_grid_thw": grid})[0]
 print(kept, all(np.array_equal(f, expected) for f in features))
