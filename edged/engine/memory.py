@@ -66,15 +66,18 @@ def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunO
     each of those is a fresh mapping whose pages are faulted in anew: at 0.8B a 448 x 448
     frame faulted in 494 MiB per call. From an arena that grows by what is asked (not by
     powers of two) and shrinks when the call ends, each layer reuses the last one's pages:
-    100 MiB per call, and the call took 0.69 to 0.75 s against 0.90 to 0.98 s (2 threads,
+    89 to 100 MiB per call, and the call took 0.69 to 0.75 s against 0.90 to 0.98 s (2 threads,
     processes alternating), with the same features; a whole frame read (the call, then 200
-    tokens through the decoder) 2 to 8% less. The price is the arena's slack: the call's peak
-    is 13 to 16 MiB higher. onnxruntime's process-wide CPU arena serves only the sessions that
-    opt in (``session.use_env_allocators``); registering it again replaces it."""
+    tokens through the decoder) 2% less, in one process alternating two engines. The call's
+    peak above what the engine holds is 89 MiB without the arena and 89 to 92 MiB with it;
+    onnxruntime's memory pattern (one block for the whole plan) made it 98 MiB, and is off.
+    onnxruntime's process-wide CPU arena serves only the sessions that opt in
+    (``session.use_env_allocators``); registering it again replaces it."""
     arena = ort.OrtArenaCfg(0, ARENA_GROWS_BY_REQUEST, ARENA_FIRST_CHUNK, ARENA_MAX_DEAD_BYTES)
     cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(cpu, arena)
     options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.use_env_allocators", "1")
     run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
