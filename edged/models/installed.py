@@ -14,7 +14,7 @@ from edged.models.manifest import MANIFEST_NAME, Manifest, ManifestError, read_m
 
 MIB = 1 << 20
 # Fitted to the daemon's peak watching a camera at 0.8B, 2B and 4B (docs/engine.md, "Three
-# sizes"): 1058 to 1072, 2120 and 4027 MiB against 1178, 2348 and 4276 from this formula.
+# sizes"): 1023 to 1072, 2120 and 4027 MiB against 1178, 2348 and 4276 from this formula.
 LOADED_FACTOR = 1.3
 """Resident bytes per byte of the decoder and vision encoder files: onnxruntime's repacked
 weights (more than the file holds: 602 MiB for the 0.8B decoder's 517 MiB) and the
