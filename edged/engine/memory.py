@@ -3,16 +3,16 @@
 and handed back after it (``reuse_activations_within_each_run``), heap freed after a big
 model run, and pages of model files that onnxruntime read once (``release_file_pages``).
 
-ONNX Runtime's CPU arena is off for the decoder (see Engine), so what a run allocates goes
-back to glibc's malloc when the run ends; but glibc keeps it in the process's heap for reuse, and a long
-prompt or an image leaves tens of MB there that the daemon would hold for nothing. At 0.8B,
-a 512-token prompt then three of 128 tokens took peak RSS from 889 to 956 MB that way.
-``malloc_trim`` gives free heap pages back to the kernel. The call takes 1 to 5 ms, and the
-next run of that size faults its pages in again: 0.7 to 2% of a 512- or 128-token prefill at
-0.8B. So it follows only runs long enough for that not to matter. Holding the memory instead
-while it stays under a bound (32 MB) was tried: a 128-token prefill frees more than that, so
-it bought nothing, and a 64 MB bound took the peak after more prompts from 894 to 908 MB.
-Where the C library is not glibc it does nothing.
+ONNX Runtime's CPU arena is off for the decoder and the embedding (see Engine), so what a run
+allocates goes back to glibc's malloc when the run ends; but glibc keeps it in the process's
+heap for reuse, and a long prompt or an image leaves tens of MB there that the daemon would
+hold for nothing. At 0.8B, a 512-token prompt then three of 128 tokens took peak RSS from
+889 to 956 MB that way. ``malloc_trim`` gives free heap pages back to the kernel. The call
+takes 1 to 5 ms, and the next run of that size faults its pages in again: 0.7 to 2% of a
+512- or 128-token prefill at 0.8B. So it follows only runs long enough for that not to
+matter. Holding the memory instead while it stays under a bound (32 MB) was tried: a
+128-token prefill frees more than that, so it bought nothing, and a 64 MB bound took the peak
+after more prompts from 894 to 908 MB. Where the C library is not glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ def allocate_large_buffers_apart() -> bool:
     return _mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER) == 1
 
 
+ARENA_GROWS_BY_REQUEST = 1
+"""onnxruntime's kSameAsRequested: an arena short of room adds what the request needs."""
+ARENA_FIRST_CHUNK = 1 << 20
+"""The arena's first allocation; the one part of it that may stay between calls."""
+ARENA_MAX_DEAD_BYTES = 1 << 20
+"""A free chunk is split when a request would leave more than this of it unused."""
+
+
 def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunOptions) -> None:
     """Let a session's calls reuse the memory their activations free as they go, and hand it
     all back when each call ends: for the vision encoder, whose one call frees and allocates
@@ -72,7 +80,8 @@ def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunO
     peak above what the engine holds is 89 MiB without the arena and 89 to 92 MiB with it;
     onnxruntime's memory pattern (one block for the whole plan) made it 98 MiB, and is off.
     onnxruntime's process-wide CPU arena serves only the sessions that opt in
-    (``session.use_env_allocators``); registering it again replaces it."""
+    (``session.use_env_allocators``); each engine registers it, and a second registration in
+    one process does not fail."""
     arena = ort.OrtArenaCfg(0, ARENA_GROWS_BY_REQUEST, ARENA_FIRST_CHUNK, ARENA_MAX_DEAD_BYTES)
     cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(cpu, arena)
@@ -80,13 +89,6 @@ def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunO
     options.enable_mem_pattern = False
     options.add_session_config_entry("session.use_env_allocators", "1")
     run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-
-
-ARENA_GROWS_BY_REQUEST = 1
-"""onnxruntime's kSameAsRequested: an arena short of room adds what the request needs."""
-ARENA_FIRST_CHUNK = 1 << 20
-ARENA_MAX_DEAD_BYTES = 1 << 20
-"""A free chunk is split when a request would leave more than this of it unused."""
 
 
 TRIM_AFTER_TOKENS = 64
