@@ -74,7 +74,7 @@ def reuse_activations_within_each_run(options: ort.SessionOptions, run: ort.RunO
     each of those is a fresh mapping whose pages are faulted in anew: at 0.8B a 448 x 448
     frame faulted in 494 MiB per call. From an arena that grows by what is asked (not by
     powers of two) and shrinks when the call ends, each layer reuses the last one's pages:
-    89 to 100 MiB per call, and the call took 0.69 to 0.75 s against 0.90 to 0.98 s (2 threads,
+    89 to 101 MiB per call, and the call took 0.69 to 0.75 s against 0.90 to 0.98 s (2 threads,
     processes alternating), with the same features; a whole frame read (the call, then 200
     tokens through the decoder) 2% less, in one process alternating two engines. The call's
     peak above what the engine holds is 89 MiB without the arena and 89 to 92 MiB with it;
