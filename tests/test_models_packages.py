@@ -269,11 +269,27 @@ def test_a_file_missing_on_the_server_leaves_nothing_behind(server: PackageServe
     assert list(models.rglob("*")) == []
 
 
-def test_build_refuses_fp16_on_cpu_before_doing_any_work(tmp_path: Path) -> None:
-    result = edged("models", "build", str(tmp_path), "--out", str(tmp_path / "pkg"), "--precision", "fp16")
+@pytest.mark.parametrize("flags, said", [(["--precision", "fp16"], "fp16 is for --target cuda"),
+                                         (["--precision", "fp32", "--target", "cuda"], "fp32 is for --target cpu")])
+def test_build_refuses_a_decoder_its_target_cannot_load_before_doing_any_work(tmp_path: Path, flags: list[str],
+                                                                              said: str) -> None:
+    """ORT GenAI 0.18's builder makes Qwen3.5 decoders that do not load as CPU fp16 and as
+    CUDA fp32 (seen on an H200): refused up front, with what to use instead."""
+    result = edged("models", "build", str(tmp_path), "--out", str(tmp_path / "pkg"), *flags)
     assert result.returncode == 1
-    assert "fp16 is for --target cuda" in result.stderr
+    assert said in result.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+def test_a_checkpoint_folder_given_relative_reaches_the_builder_from_any_folder(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edged models build ./Qwen3.5-2B` (the help's example): the builder runs in a folder
+    of its own, where a relative path would name nothing and be taken for a hub id."""
+    from edged.recipe.build import fetch_checkpoint
+
+    (tmp_path / "Qwen3.5-2B").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert fetch_checkpoint("./Qwen3.5-2B") == tmp_path.resolve() / "Qwen3.5-2B"
 
 
 def test_build_refuses_a_vision_precision_for_cuda_and_records_the_default(tmp_path: Path) -> None:

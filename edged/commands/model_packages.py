@@ -20,9 +20,10 @@ BUILD_EPILOG = """\
 examples:
   edged models build Qwen/Qwen3.5-0.8B --out qwen3.5-0.8b-int4-cpu
   edged models build ./Qwen3.5-2B --out pkg --precision int4 --target cuda
-  edged models build --tiny --out tiny          # the random test model: 3 small packages
+  edged models build --tiny --out tiny          # the random test model: 4 small packages
   edged models build --size 0.8b --out bench    # random weights at 0.8B's size (7 GB RAM)
-  edged models build --size 4b --out bench4b    # at 4B's (24 GB RAM, 11 minutes on 2 cores)"""
+  edged models build --size 4b --out bench4b    # at 4B's (24 GB RAM, 11 minutes on 2 cores)
+  edged models build --size 0.8b --target cuda --out bench-cuda   # for a Jetson (float16)"""
 
 
 def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None:
@@ -45,7 +46,8 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     build.add_argument("source", nargs="?", help="checkpoint folder or hub id, e.g. Qwen/Qwen3.5-0.8B")
     build.add_argument("--out", type=Path, required=True, metavar="DIR", help="package folder to write (replaced)")
     build.add_argument("--precision", choices=["int4", "fp16", "fp32"], help="decoder weights (default int4)")
-    build.add_argument("--target", choices=["cpu", "cuda"], help="execution provider (default cpu)")
+    build.add_argument("--target", choices=["cpu", "cuda"],
+                       help="execution provider (default cpu); with --tiny/--size too: the same packages, for it")
     build.add_argument("--text-only", action="store_true", help="leave out the vision encoder")
     build.add_argument("--all-logits", action="store_true",
                        help="compute logits at every prompt position (default: the last only, ~30%% faster prefill)")
@@ -111,14 +113,15 @@ def _build(args: argparse.Namespace) -> int:
         return 1
     try:
         if size is not None:
-            fixed = [flag for flag, given in (("--precision", args.precision), ("--target", args.target),
-                                              ("--text-only", args.text_only), ("--name", args.name)) if given]
+            fixed = [flag for flag, given in (("--precision", args.precision), ("--text-only", args.text_only),
+                                              ("--name", args.name)) if given]
             if fixed:
                 print(f"edged models build: {', '.join(fixed)} choose how SOURCE is built; a random model's "
                       "packages are a fixed set (text and vision-language, see models/README.md)", file=sys.stderr)
                 return 2
             manifests = build_random_packages(args.out, size, _progress, keep_checkpoint=args.keep_checkpoint,
-                                              all_logits=args.all_logits, vision_precision=args.vision_precision)
+                                              all_logits=args.all_logits, vision_precision=args.vision_precision,
+                                              target=args.target or "cpu")
             for manifest in manifests:
                 print(f"{manifest.name}: {manifest.size_bytes / 1e6:.1f} MB, fingerprint {manifest.fingerprint[:16]}")
             return 0

@@ -76,6 +76,12 @@ class BuildOptions:
                 "decoder that does not load (it reads a KV cache for layer 0, a DeltaNet layer "
                 "that has none); on a CPU use int4 (the default) or fp32"
             )
+        if self.precision == "fp32" and self.target == "cuda":
+            raise BuildError(
+                "fp32 is for --target cpu: ORT GenAI 0.18's builder makes a CUDA fp32 Qwen3.5 decoder "
+                "that does not load (it reads a KV cache for layer 0, a DeltaNet layer that has none); "
+                "for CUDA use int4 (the default) or fp16"
+            )
         if self.vision_precision is not None and self.target == "cuda":
             raise BuildError("--vision-precision is for --target cpu: a CUDA package's vision encoder is fp16")
 
@@ -341,8 +347,11 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
 
 
 def build_random_packages(out: Path, size: str, progress: Progress = print, keep_checkpoint: bool = False,
-                          all_logits: bool = False, vision_precision: VisionPrecision | None = None) -> list[Manifest]:
-    """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders."""
+                          all_logits: bool = False, vision_precision: VisionPrecision | None = None,
+                          target: Target = "cpu") -> list[Manifest]:
+    """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders, for
+    ``target``'s execution provider: for CUDA every package computes in float16, and the
+    float ones are fp16 (text-fp16, vl-fp16)."""
     from dataclasses import replace
 
     from edged.recipe.checkpoint import SEED, build_checkpoint
@@ -354,8 +363,11 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
         build_checkpoint(checkpoint, size)
         manifests = []
         for folder, options in RANDOM_PACKAGES[size]:
+            if target == "cuda" and options.precision == "fp32":  # CUDA's float is fp16 (BuildOptions)
+                folder, options = folder.replace("fp32", "fp16"), replace(options, precision="fp16", target=target)
             progress(f"package {folder}")
-            named = replace(options, name=f"edged-{size}-{folder}", source_label=f"random {size} checkpoint, seed {SEED}",
+            name = f"edged-{size}-{folder}" + ("" if target == "cpu" else f"-{target}")
+            named = replace(options, name=name, target=target, source_label=f"random {size} checkpoint, seed {SEED}",
                             all_logits=all_logits, vision_precision=vision_precision)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
     return manifests
@@ -364,7 +376,7 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
 def fetch_checkpoint(source: str, progress: Progress = print) -> Path:
     """A local checkpoint folder as it is, or a hub id downloaded into the hub cache."""
     if Path(source).is_dir():
-        return Path(source)
+        return Path(source).resolve()  # the builder runs in a folder of its own
     from huggingface_hub import snapshot_download
 
     progress(f"downloading {source} from the Hugging Face hub")
