@@ -191,4 +191,15 @@ def needs_root() -> None:
         pytest.skip("needs root (CI runs it as root)")
 
 
-TINY = REPO / "edged" / "models" / "tiny"
+BUNDLED = REPO / "edged" / "models" / "tiny"
+"""The committed tiny packages, for the CPU: the tests of CPU-only machinery use these."""
+TINY = Path(os.environ.get("EDGED_TEST_PACKAGES") or BUNDLED)
+"""The tiny packages the engine's tests run: the committed CPU ones, or on a machine with a
+GPU the same model built for it (`edged models build --tiny --target cuda --out DIR`, then
+`EDGED_TEST_PACKAGES=DIR pytest tests/test_engine.py -m "not build"`)."""
+FLOAT = "fp16" if (TINY / "vl-fp16").is_dir() else "fp32"
+"""The float packages' precision in TINY (vl-fp32 or, built for CUDA, vl-fp16)."""
+LOGITS_ATOL = 1e-4 if FLOAT == "fp32" else 0.03
+"""How far two paths' logits may differ where their kernels add up in another order (prompt
+pieces of other sizes, a batch of rows): in float16, whose step at the tiny model's logits
+(about 1 to 4) is 0.001 to 0.004, they differed by up to 0.014 on an H200."""

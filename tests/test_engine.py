@@ -14,7 +14,7 @@ import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
 
-from conftest import REPO, TINY
+from conftest import BUNDLED, FLOAT, LOGITS_ATOL, REPO, TINY
 
 from edged.images import write_png
 
@@ -29,15 +29,15 @@ QUESTION = "Is there a person at the door?"
 
 @pytest.fixture(scope="module")
 def text_fp32() -> Engine:
-    return Engine(TINY / "text-fp32")
+    return Engine(TINY / f"text-{FLOAT}")
 
 
 @pytest.fixture(scope="module")
 def vl() -> Engine:
-    return Engine(TINY / "vl-fp32")
+    return Engine(TINY / f"vl-{FLOAT}")
 
 
-@pytest.fixture(scope="module", params=["vl-fp32", "vl-int4"])
+@pytest.fixture(scope="module", params=[f"vl-{FLOAT}", "vl-int4"])
 def any_vl(request: pytest.FixtureRequest) -> Engine:
     """Each multimodal tiny package: state handling must be exact at every precision."""
     return Engine(TINY / request.param)
@@ -59,8 +59,11 @@ def greedy(engine: Engine, state: State, n: int = 24) -> list[int]:
     return engine.generate(state, GenerationOptions(max_tokens=n)).run().tokens
 
 
-def og_tokens(package: Path, ids: list[int], n: int) -> list[int]:
-    model = og.Model(str(package))
+def og_tokens(package: Path, ids: list[int], n: int, on_cpu: bool = False) -> list[int]:
+    config = og.Config(str(package))
+    if on_cpu:
+        config.clear_providers()
+    model = og.Model(config)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + n, do_sample=False)
     generator = og.Generator(model, params)
@@ -85,8 +88,8 @@ def tensors(state: State) -> dict[str, np.ndarray]:
 
 
 def with_the_decoder_the_engine_runs(package: Path, engine: Engine, copy: Path) -> Path:
-    """A copy of ``package`` whose decoder file is the graph the engine runs on the CPU
-    (graph.py), so that og.Generator runs the same operators."""
+    """A copy of ``package`` whose decoder file is the graph the engine runs (graph.py), so
+    that og.Generator runs the same operators."""
     import shutil
 
     from edged.engine.graph import rewritten_decoder
@@ -94,11 +97,11 @@ def with_the_decoder_the_engine_runs(package: Path, engine: Engine, copy: Path) 
     shutil.copytree(package, copy)
     decoder = json.loads((package / "genai_config.json").read_text())["model"]["decoder"]["filename"]
     (copy / decoder).write_bytes(rewritten_decoder(package / decoder, last_logits=engine.manifest.lm_head != "last",
-                                                   cpu_ops=True))
+                                                   cpu_ops=engine.device == "cpu"))
     return copy
 
 
-@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-int4"])
+@pytest.mark.parametrize("package", [f"text-{FLOAT}", "text-int4", "vl-int4"])
 def test_text_prompt_gives_og_generator_tokens(package: str, tmp_path: Path) -> None:
     """og.Generator's tokens, og running the decoder graph the engine runs: the engine's
     rewrite of the gated norm (graph.py) moves int4 logits by a rounding of MatMulNBits'
@@ -112,6 +115,35 @@ def test_text_prompt_gives_og_generator_tokens(package: str, tmp_path: Path) -> 
     theirs = og_tokens(with_the_decoder_the_engine_runs(TINY / package, engine, tmp_path / package), ids, 40)
     assert ours.tokens == theirs[: len(ours.tokens)]
     assert ours.finish_reason == ("eos" if len(theirs) < 40 else "length")
+    assert len(set(ours.tokens)) > 5
+
+
+@pytest.fixture(scope="module")
+def cuda_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model built for CUDA as a Jetson gets it: float16 from the embedding to the
+    logits, where the CPU packages are float32."""
+    from edged.recipe.build import build_random_packages
+
+    out = tmp_path_factory.mktemp("cuda")
+    build_random_packages(out, "tiny", target="cuda")
+    return out
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("package", ["text-int4", "vl-int4"])
+def test_a_package_built_for_cuda_gives_og_generator_tokens_on_the_cpu(cuda_packages: Path, package: str) -> None:
+    """The engine feeds each part the types it declares and reads float16 logits back as
+    float32, so a CUDA package runs anywhere; here on the CPU, the fallback of a board whose
+    onnxruntime has no CUDA (the same float16 graphs; no CPU kernel reads float16 images).
+    vl-int4's text goes through its float16 embedding session, where its token table refuses."""
+    engine = Engine(cuda_packages / package, provider="cpu")
+    assert engine.manifest.target == "cuda" and engine.execution_provider == "CPUExecutionProvider"
+    ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
+    state = engine.new_state()
+    engine.extend(state, ids)
+    assert {value.data_type() for value in state.tensors.values()} == {"tensor(float16)"}
+    ours = engine.generate(state, GenerationOptions(max_tokens=30)).run()
+    assert ours.tokens == og_tokens(cuda_packages / "text-int4", ids, 30, on_cpu=True)[: len(ours.tokens)]
     assert len(set(ours.tokens)) > 5
 
 
@@ -170,11 +202,12 @@ def test_prefix_state_plus_suffix_gives_the_whole_prompt_tokens(text_fp32: Engin
     text_fp32.extend(prefix, system)
     continued = prefix.fork()
     text_fp32.extend(continued, question)
-    np.testing.assert_array_equal(continued.logits, whole.logits)
+    # Bit for bit in float32; float16 kernels (CUDA) add the suffix's attention up in another order.
+    np.testing.assert_allclose(continued.logits, whole.logits, atol=0 if FLOAT == "fp32" else LOGITS_ATOL, rtol=0)
     assert greedy(text_fp32, continued) == greedy(text_fp32, whole)
 
 
-@pytest.mark.parametrize("package", ["vl-fp32", "vl-int4"])
+@pytest.mark.parametrize("package", [f"vl-{FLOAT}", "vl-int4"])
 def test_a_prompt_run_in_pieces_gives_the_tokens_of_one_call(package: str, picture: Path, second_picture: Path) -> None:
     """Long prompts run in prefill_chunk pieces to bound memory; pieces of 5 tokens cut
     through both pictures' tokens here, and must change nothing."""
@@ -184,11 +217,11 @@ def test_a_prompt_run_in_pieces_gives_the_tokens_of_one_call(package: str, pictu
     whole.extend_prompt(one, prompt, [picture, second_picture])
     pieces.extend_prompt(many, prompt, [picture, second_picture])
     assert pieces.counters.decoder_runs == -(-len(many.tokens) // 5)
-    np.testing.assert_allclose(many.logits, one.logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(many.logits, one.logits, atol=LOGITS_ATOL, rtol=0)
     assert greedy(pieces, many) == greedy(whole, one)
 
 
-@pytest.mark.parametrize("package", ["vl-fp32", "vl-int4"])
+@pytest.mark.parametrize("package", [f"vl-{FLOAT}", "vl-int4"])
 def test_a_read_lets_other_work_in_between_its_pieces_and_ends_as_without_it(package: str, picture: Path) -> None:
     """The daemon answers waiting questions between the pieces of a frame's read (pieces of
     3 tokens here, cutting through the picture's). The read must end exactly as an
@@ -232,7 +265,7 @@ def test_forks_run_as_one_batch_give_the_logits_of_one_fork_at_a_time(any_vl: En
     one_by_one = any_vl.fork_logits(frame, tails)
     batched = any_vl.fork_logits(frame, tails, rows=3)
     for tail, single, row in zip(tails, one_by_one, batched, strict=True):
-        np.testing.assert_allclose(row, single, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(row, single, atol=LOGITS_ATOL, rtol=0)
         np.testing.assert_allclose(single, any_vl.extend(frame.fork(), tail), atol=0, rtol=0)
         assert int(np.argmax(row)) == int(np.argmax(single))
     for name, value in tensors(frame).items():  # the forks leave their parent as it was
@@ -417,7 +450,7 @@ def test_saved_session_continues_in_a_new_process_as_if_never_interrupted(vl: En
     uninterrupted = session.fork()
     vl.extend_prompt(uninterrupted, follow_up)
     expected = greedy(vl, uninterrupted, 12)
-    result = subprocess.run([sys.executable, "-c", CONTINUE_SCRIPT, str(TINY / "vl-fp32"), str(path), follow_up],
+    result = subprocess.run([sys.executable, "-c", CONTINUE_SCRIPT, str(TINY / f"vl-{FLOAT}"), str(path), follow_up],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == expected
@@ -503,7 +536,8 @@ def test_a_frame_on_the_processors_grid_is_cut_into_patches_as_ort_genai_cuts_it
     direct = vl._process(prompt, frames)  # no PNG: the frames' own pixels
     reference = vl._image_processor()(prompt, [encode_png(frame) for frame in frames])
     assert direct.input_ids == reference.input_ids
-    np.testing.assert_array_equal(direct.pixel_values, reference.pixel_values)
+    # A CUDA package's processor gives float16, which the engine casts its patches to.
+    np.testing.assert_array_equal(direct.pixel_values.astype(reference.pixel_values.dtype), reference.pixel_values)
     np.testing.assert_array_equal(direct.image_grid_thw, reference.image_grid_thw)
 
 
@@ -583,7 +617,7 @@ def test_an_engine_gives_each_large_buffer_a_mapping_of_its_own_returned_when_fr
         return [float(figure) for figure in result.stdout.split()]
 
     assert mapped_and_returned_mb("-") == [0.0, 0.0]  # glibc's own threshold: from the heap
-    mapped, returned = mapped_and_returned_mb(str(TINY / "vl-int4"))
+    mapped, returned = mapped_and_returned_mb(str(BUNDLED / "vl-int4"))
     assert mapped >= 1.0 and returned == mapped
 
 
@@ -610,7 +644,7 @@ print(kept, all(np.array_equal(f, expected) for f in features))
 def test_the_vision_encoder_hands_back_its_activations_after_each_picture_and_gives_the_same_features() -> None:
     """Its calls reuse their activations' memory from an arena (memory.reuse_activations_within_each_run),
     which must shrink when each call ends: a daemon holds no picture's activations between frames."""
-    result = subprocess.run([sys.executable, "-c", ENCODER_MEMORY_SCRIPT, str(TINY / "vl-int4")],
+    result = subprocess.run([sys.executable, "-c", ENCODER_MEMORY_SCRIPT, str(BUNDLED / "vl-int4")],
                             capture_output=True, text=True, check=True)
     kept_mb, same_features = result.stdout.split()
     assert float(kept_mb) < 4.0  # the arena's first chunk (1 MiB) may stay; without shrinking, 480 MB do
@@ -628,7 +662,7 @@ def test_a_decoder_whose_logits_are_not_a_matrix_product_is_refused_by_the_rewri
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "sequence_length", 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "sequence_length", 8])],
     )
-    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    onnx.save(helper.make_model(graph, ir_version=10), tmp_path / "model.onnx")
     with pytest.raises(GraphError, match="do not come from a matrix product"):
         rewritten_decoder(tmp_path / "model.onnx", last_logits=True)
 
@@ -650,7 +684,8 @@ def gated_norms_graph(path: Path, heads: int = 3, size: int = 8) -> None:
         "norms", [rows("x", heads * size), rows("gate", heads * size),
                   helper.make_tensor_value_info("scale", TensorProto.FLOAT, [size])],
         [rows(name, heads * size) for name in ("silu", "sigmoid", "unsized")], [scale])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]),
+    onnx.save(helper.make_model(graph, ir_version=10,
+                                opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]),
               path)
 
 
@@ -692,7 +727,7 @@ def test_the_token_table_gives_the_embedding_sessions_rows_bit_for_bit() -> None
 
     from edged.engine.token_table import load_token_table
 
-    model = TINY / "vl-int4" / "embedding" / "model.onnx"
+    model = BUNDLED / "vl-int4" / "embedding" / "model.onnx"
     table = load_token_table(model)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     every_token = np.arange(table.layout.vocabulary, dtype=np.int64)
@@ -710,8 +745,8 @@ def test_an_embedding_that_is_not_an_int4_table_runs_as_its_session() -> None:
     from edged.engine.token_table import TokenTableRefused, load_token_table
 
     with pytest.raises(TokenTableRefused, match="int4 table"):
-        load_token_table(TINY / "vl-fp32" / "embedding" / "model.onnx")
-    engine = Engine(TINY / "vl-fp32")
+        load_token_table(BUNDLED / "vl-fp32" / "embedding" / "model.onnx")
+    engine = Engine(BUNDLED / "vl-fp32")
     assert engine.embedding is not None and "int4 table" in engine.token_table_refused
 
 
@@ -731,8 +766,8 @@ print(sum(sys.argv[2] in line for line in open("/proc/self/maps")))
 
 def test_an_engine_that_reads_a_frame_and_answers_never_maps_the_token_table() -> None:
     """Its pages would count in the daemon's RSS (token_table.py)."""
-    table = TINY / "vl-int4" / "embedding" / "model.onnx.data"
-    result = subprocess.run([sys.executable, "-c", MAPPING_SCRIPT, str(TINY / "vl-int4"), str(table.resolve())],
+    table = BUNDLED / "vl-int4" / "embedding" / "model.onnx.data"
+    result = subprocess.run([sys.executable, "-c", MAPPING_SCRIPT, str(BUNDLED / "vl-int4"), str(table.resolve())],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "0"
 

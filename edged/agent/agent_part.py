@@ -106,10 +106,12 @@ class AgentPart:
         self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length,
                              spin=model.spin_choice)
         self.engine_loads += 1
+        prefixes = PrefixStore(state_dir, self.engine.fingerprint, self.engine.device)
         self._tasks = FrameTasks(
-            self.engine, self._settings.agent.system_prompt, PrefixStore(state_dir, self.engine.fingerprint),
+            self.engine, self._settings.agent.system_prompt, prefixes,
             on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)))
-        self._sessions = SessionStore(state_dir, self.engine.fingerprint, self._settings.state.budget_mb << 20)
+        self._sessions = SessionStore(state_dir, self.engine.fingerprint, self._settings.state.budget_mb << 20,
+                                      self.engine.device)
         self._requests.bind(self.engine, self._tasks, self._sessions)
         self._refresh_figures()
         log.info("agent ready", model=choice.path.name, cameras=len(self._memory.trackers),

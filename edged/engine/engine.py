@@ -105,7 +105,8 @@ class Engine:
             spin = self.free_cores >= FREE_ENOUGH * usable_cores()
         self.spin = spin
         self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-        self._device = "cuda" if provider == "cuda" else "cpu"
+        self.device = "cuda" if provider == "cuda" else "cpu"
+        """Where the state's tensors live: onnxruntime's name of the decoder's device."""
         allocate_large_buffers_apart()
         self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
         self.execution_provider = self.decoder.get_providers()[0]
@@ -125,6 +126,7 @@ class Engine:
             self._table, self.embedding = self._embedding(config["embedding"]["filename"])
         self._vision_file = config["vision"]["filename"] if "vision" in config else None
         self._vision: ort.InferenceSession | None = None
+        self._pixels_dtype: type[np.floating] = np.float32
         self._vision_run = ort.RunOptions()
         """Shared by every vision encoder run, so that ``stop_runs`` can end the one in progress."""
         self._processor: ImageProcessor | None = None
@@ -134,6 +136,13 @@ class Engine:
         self._head_size = int(config["decoder"]["head_size"])
         self._hidden = int(config["decoder"]["hidden_size"])
         self._state_inputs = [i for i in self.decoder.get_inputs() if i.name.startswith(("past.", "past_key_values."))]
+        # A CUDA package computes in float16 end to end; the engine's own arrays follow each
+        # part's declared input types, and logits always come back as float32.
+        inputs = {i.name: i for i in self.decoder.get_inputs()}
+        self._embeds_dtype = _numpy_type(inputs["inputs_embeds"]) if "inputs_embeds" in inputs else np.float32
+        embedding_inputs = {i.name: i for i in self.embedding.get_inputs()} if self.embedding is not None else {}
+        self._features_dtype = (_numpy_type(embedding_inputs["image_features"]) if embedding_inputs
+                                else self._embeds_dtype)
         self._outputs = [o.name for o in self.decoder.get_outputs()]
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
@@ -238,7 +247,7 @@ class Engine:
         logits, the only ones ever read, and on the CPU to run the gated norm's scalar kernel
         as vectorized operators. A graph the rewrites do not know runs as it is."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
-                    *(["--cpu-ops"] if self._device == "cpu" else [])]
+                    *(["--cpu-ops"] if self.device == "cpu" else [])]
         if not rewrites:
             return self._session(filename, profile=profile)
         path = self.package / filename
@@ -283,7 +292,7 @@ class Engine:
     def _zeros(self, arg: ort.NodeArg) -> ort.OrtValue:
         shape = [1 if d == "batch_size" else 0 if "sequence" in str(d) else self._head_size if isinstance(d, str) else d
                  for d in arg.shape]
-        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32), self._device)
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=_numpy_type(arg)), self.device)
 
     def _chat_template(self) -> str | None:
         path = self.package / "chat_template.jinja"
@@ -316,8 +325,10 @@ class Engine:
     def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None) -> np.ndarray:
         if self._vision is None:
             self._vision = self._session(self._vision_file, reuse_within_run=self._vision_run)  # type: ignore[arg-type]
+            self._pixels_dtype = _numpy_type(self._vision.get_inputs()[0])
             release_file_pages(self.package)
         try:
+            pixels = pixels.astype(self._pixels_dtype, copy=False)  # type: ignore[union-attr]
             features = self._vision.run(None, {"pixel_values": pixels, "image_grid_thw": grid}, self._vision_run)[0]
         except Exception:
             if self._vision_run.terminate:
@@ -338,10 +349,13 @@ class Engine:
 
     def _embed_rows(self, ids: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         if features is None:
-            features = np.zeros((0, self._hidden), dtype=np.float32)
+            features = np.zeros((0, self._hidden), dtype=self._features_dtype)
         if self._table is not None:
-            return self._table.embed(ids, features)
-        return self.embedding.run(None, {"input_ids": ids, "image_features": features})[0]  # type: ignore[union-attr]
+            embeds = self._table.embed(ids, features)
+        else:
+            feeds = {"input_ids": ids, "image_features": features.astype(self._features_dtype, copy=False)}
+            embeds = self.embedding.run(None, feeds)[0]  # type: ignore[union-attr]
+        return embeds.astype(self._embeds_dtype, copy=False)
 
     def _check_room(self, state: State, adding: int) -> None:
         if state.length + adding > self.max_length:
@@ -393,10 +407,10 @@ class Engine:
                 else:
                     binding.bind_ortvalue_input(name, value)
             for name in self._outputs:
-                binding.bind_output(name, "cpu" if name == "logits" else self._device)
+                binding.bind_output(name, "cpu" if name == "logits" else self.device)
             self.decoder.run_with_iobinding(binding)
             outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-            step_logits = outputs.pop("logits").numpy()[:, -1]
+            step_logits = _float32(outputs.pop("logits").numpy()[:, -1])
             for row, tokens in enumerate(rows):
                 if len(tokens) - 1 == step:
                     logits[row] = step_logits[row].copy()
@@ -426,16 +440,32 @@ class Engine:
             if name in in_place:
                 binding.bind_ortvalue_output(name, state.tensors[past_of[name]])
             else:
-                binding.bind_output(name, self._device)
+                binding.bind_output(name, self.device)
         self.decoder.run_with_iobinding(binding)
         outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-        state.logits = outputs.pop("logits").numpy()[0, -1]
+        state.logits = _float32(outputs.pop("logits").numpy()[0, -1])
         state.tensors = {past_of[name]: value for name, value in outputs.items()}
         state.owned = set(state.tensors)
         state.tokens.extend(ids)
         state.pending = []
         self.counters.decoder_runs += 1
         self.counters.tokens_run += len(ids)
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _numpy_type(arg: ort.NodeArg) -> type[np.floating]:
+    """The numpy type of a float input: float32 on the CPU, float16 in a CUDA package."""
+    try:
+        return _NUMPY_TYPES[arg.type]
+    except KeyError:
+        raise EngineError(f"the model's input {arg.name} is {arg.type}: the engine feeds float or float16") from None
+
+
+def _float32(logits: np.ndarray) -> np.ndarray:
+    """Logits as float32 (a view when they are already), whatever the decoder computes in."""
+    return logits.astype(np.float32, copy=False)
 
 
 def _past_name(present: str) -> str:

@@ -38,9 +38,11 @@ def _refuse(path: Path, error: StateFileError, what: str, **fields: str) -> None
 class PrefixStore:
     """States after fixed prompt prefixes, in memory and under ``directory/prefixes``."""
 
-    def __init__(self, directory: Path, fingerprint: str) -> None:
+    def __init__(self, directory: Path, fingerprint: str, device: str = "cpu") -> None:
+        """``device``: where loaded states' tensors go, the engine's (``Engine.device``)."""
         self.directory = directory / "prefixes"
         self.fingerprint = fingerprint
+        self.device = device
         self._states: dict[str, State] = {}
 
     def _key(self, tokens: Sequence[int]) -> str:
@@ -55,7 +57,7 @@ class PrefixStore:
             if not path.exists():
                 return None
             try:
-                state = load_state(path, self.fingerprint)
+                state = load_state(path, self.fingerprint, self.device)
                 if state.tokens + state.pending != list(tokens):
                     raise StateFileError(f"{path}: holds other tokens")
             except StateFileError as error:
@@ -73,9 +75,11 @@ class PrefixStore:
 class SessionStore:
     """Conversation states by session id, at most ``budget_bytes`` of them in memory."""
 
-    def __init__(self, directory: Path, fingerprint: str, budget_bytes: int) -> None:
+    def __init__(self, directory: Path, fingerprint: str, budget_bytes: int, device: str = "cpu") -> None:
+        """``device``: where loaded states' tensors go, the engine's (``Engine.device``)."""
         self.directory = directory / "sessions"
         self.fingerprint = fingerprint
+        self.device = device
         self.budget_bytes = budget_bytes
         self._states: OrderedDict[str, State] = OrderedDict()
         self.used_bytes = 0
@@ -98,7 +102,7 @@ class SessionStore:
         try:
             if read_metadata(path).get("session") != session:
                 raise StateFileError(f"{path}: belongs to another session")
-            state = load_state(path, self.fingerprint)
+            state = load_state(path, self.fingerprint, self.device)
         except StateFileError as error:
             _refuse(path, error, "session state", session=session)
             return None
