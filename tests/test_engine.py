@@ -147,6 +147,16 @@ def test_a_package_built_for_cuda_gives_og_generator_tokens_on_the_cpu(cuda_pack
     assert len(set(ours.tokens)) > 5
 
 
+@pytest.mark.build
+def test_a_package_built_for_cuda_says_on_a_cpu_why_it_reads_no_picture(cuda_packages: Path, picture: Path) -> None:
+    """Its float16 encoder's attention has no CPU kernel: a board whose onnxruntime lacks
+    CUDA (the CPU wheels installed on a Jetson) is told what to install, not onnxruntime's
+    missing-kernel message alone."""
+    engine = Engine(cuda_packages / "vl-int4", provider="cpu")
+    with pytest.raises(EngineError, match=r"built for cuda and runs on the cpu here.*install onnxruntime's CUDA build"):
+        engine.extend_prompt(engine.new_state(), image_prompt(engine, QUESTION), [picture])
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
     """transformers on the tiny checkpoint the committed packages were built from."""

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import structlog
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from edged.engine.cores import FREE_ENOUGH, free_cores, usable_cores
 from edged.engine.errors import Cancelled, ContextFullError, EngineError
@@ -324,7 +326,18 @@ class Engine:
 
     def _encode_images(self, pixels: np.ndarray | None, grid: np.ndarray | None) -> np.ndarray:
         if self._vision is None:
-            self._vision = self._session(self._vision_file, reuse_within_run=self._vision_run)  # type: ignore[arg-type]
+            try:
+                self._vision = self._session(self._vision_file, reuse_within_run=self._vision_run)  # type: ignore[arg-type]
+            except (OrtFail, OrtNotImplemented) as error:
+                if self.manifest.target == self.device:
+                    raise
+                # A CUDA package on a CPU: its float16 encoder's attention has no CPU kernel.
+                raise EngineError(
+                    f"{self.manifest.name} is built for {self.manifest.target} and runs on the {self.device} here, "
+                    f"where its vision encoder does not load ({str(error).strip()}); install "
+                    f"onnxruntime's {self.manifest.target.upper()} build (on a Jetson: deploy/install.sh --wheels DIR) "
+                    f"or use a package built for {self.device}"
+                ) from None
             self._pixels_dtype = _numpy_type(self._vision.get_inputs()[0])
             release_file_pages(self.package)
         try:

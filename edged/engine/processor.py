@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 _SHARED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-                 "genai_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+                 "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,17 @@ class ImageProcessor:
 
 
 def _write_view(package: Path, view: Path) -> None:
-    """Tokenizer and processor files linked, each ONNX part replaced by a stub."""
+    """Tokenizer and processor files linked, each ONNX part replaced by a stub, and the
+    config without the package's execution providers: the stubs compute nothing, so they run
+    on the CPU, and a CUDA package's processor opens where ORT GenAI has no CUDA."""
     for name in _SHARED_FILES:
         if (package / name).exists():
             (view / name).symlink_to((package / name).resolve())
     config = json.loads((package / "genai_config.json").read_text())
+    for section in config["model"].values():
+        if isinstance(section, dict) and isinstance(section.get("session_options"), dict):
+            section["session_options"].pop("provider_options", None)
+    (view / "genai_config.json").write_text(json.dumps(config))
     for part in ("decoder", "vision", "embedding"):
         if part in config["model"]:
             filename = config["model"][part]["filename"]
