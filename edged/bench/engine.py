@@ -119,11 +119,8 @@ class OgRunner:
         config = og.Config(str(package))
         genai = json.loads((package / "genai_config.json").read_text())["model"]
         if threads is not None:
-            thread_counts = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-            # The overlay replaces a part's session_options whole: keep the package's own
-            # (a CUDA package's provider_options are there).
-            sections = {part: {"session_options": {**genai[part].get("session_options", {}), **thread_counts}}
-                        for part in ("decoder", "vision", "embedding") if part in genai}
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            sections = {part: {"session_options": options} for part in ("decoder", "vision", "embedding") if part in genai}
             config.overlay(json.dumps({"model": sections}))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
@@ -198,8 +195,9 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     progress("edged, og.Generator as configured and og.Generator at edged's threads, in turn")
     engine = Engine(package, threads=threads, max_length=1024)
     work = Workload.for_engine(engine, image)
-    # On a GPU the decoder is the GPU's: og "at edged's threads" is og as configured (an
-    # overlay of a CUDA package's session options also loses its vision encoder's provider).
+    # On a GPU the threads are not what runs the model: og "at edged's threads" is og as
+    # configured. (With the threads overlaid, og ran a CUDA package's vision encoder on the
+    # CPU, where it has no kernel, even with the package's provider options in the overlay.)
     og_threads = threads if engine.device == "cpu" else None
     timed = best_in_turn({"edged": _edged_timings(engine, work), "og": _og_timings(OgRunner(package, None), work),
                           "og_same_threads": _og_timings(OgRunner(package, og_threads), work)}, repeats)
