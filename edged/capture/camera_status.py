@@ -15,5 +15,6 @@ class CameraStatus(BaseModel):
     last_error: str | None = None
     fps: float = 0.0
     frames: int = Field(0, description="frames sent on to the model since start")
-    drops: int = Field(0, description="of those, frames replaced by a newer one before the model took them")
+    drops: int = Field(0, description="of those, frames replaced by a newer one before the model took them "
+                                      "(counted from the model's first frame, not while it loads)")
     last_frame_age_s: float | None = Field(None, description="seconds since the source's last frame; null before the first")

@@ -13,11 +13,15 @@ from edged.capture.frame import Frame
 
 
 class FrameMailbox:
-    """Holds the newest frame only: a new one replaces an unread one, and the drop is counted."""
+    """Holds the newest frame only: a new one replaces an unread one, and the drop is counted
+    once a consumer takes frames. Before its first take (the daemon's camera runs while the
+    model loads) a replaced frame was never going to be read: not a sign that the model
+    cannot keep up, which is what the count tells an operator."""
 
     def __init__(self) -> None:
         self._frame: Frame | None = None
         self._ready = threading.Condition()
+        self._taken = False
         self.drops = 0
         self.frames = 0
         """Frames put since start: those the sampler sent on to the model."""
@@ -27,7 +31,7 @@ class FrameMailbox:
 
     def put(self, frame: Frame) -> None:
         with self._ready:
-            if self._frame is not None:
+            if self._frame is not None and self._taken:
                 self.drops += 1
             self.frames += 1
             self._frame = frame
@@ -37,6 +41,7 @@ class FrameMailbox:
     def take(self, timeout: float | None = None) -> Frame | None:
         """The newest unread frame (waiting up to ``timeout``), or None."""
         with self._ready:
+            self._taken = True
             if self._frame is None:
                 self._ready.wait(timeout)
             frame, self._frame = self._frame, None
