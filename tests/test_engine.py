@@ -23,6 +23,7 @@ from edged.engine.persist import StateFileError, load_state, save_state
 from edged.engine.sampling import SamplingOptions
 from edged.engine.state import State
 from edged.engine.store import PrefixStore, SessionStore
+from edged.engine.token_table import TokenTable, TokenTableRefused, load_token_table
 
 QUESTION = "Is there a person at the door?"
 
@@ -130,20 +131,27 @@ def cuda_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.build
-@pytest.mark.parametrize("package", ["text-int4", "vl-int4"])
+@pytest.mark.parametrize("package", ["text-int4", "vl-int4", "vl-fp16"])
 def test_a_package_built_for_cuda_gives_og_generator_tokens_on_the_cpu(cuda_packages: Path, package: str) -> None:
-    """The engine feeds each part the types it declares and reads float16 logits back as
-    float32, so a CUDA package runs anywhere; here on the CPU, the fallback of a board whose
-    onnxruntime has no CUDA (the same float16 graphs; no CPU kernel reads float16 images).
-    vl-int4's text goes through its float16 embedding session, where its token table refuses."""
+    """The engine feeds each part the types it declares and has the decoder give its float16
+    logits as float32 (a Cast added to its graph), so a CUDA package runs anywhere; here on
+    the CPU, the fallback of a board whose onnxruntime has no CUDA (the same float16 graphs;
+    no CPU kernel reads float16 images). vl-int4's text is read from its float16 token table;
+    vl-fp16's, with no int4 table, goes through its embedding session, whose output the
+    decoder reads as it is (on a GPU, without leaving it). og reads the text packages of the
+    same weights: og cannot load a VL package whose encoder has no CPU kernel."""
     engine = Engine(cuda_packages / package, provider="cpu")
     assert engine.manifest.target == "cuda" and engine.execution_provider == "CPUExecutionProvider"
+    assert {o.name: o.type for o in engine.decoder.get_outputs()}["logits"] == "tensor(float)"
+    if package.startswith("vl"):
+        assert (engine.embedding is None) == (package == "vl-int4"), engine.token_table_refused
     ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
     state = engine.new_state()
     engine.extend(state, ids)
     assert {value.data_type() for value in state.tensors.values()} == {"tensor(float16)"}
     ours = engine.generate(state, GenerationOptions(max_tokens=30)).run()
-    assert ours.tokens == og_tokens(cuda_packages / "text-int4", ids, 30, on_cpu=True)[: len(ours.tokens)]
+    text_package = cuda_packages / ("text-fp16" if package.endswith("fp16") else "text-int4")
+    assert ours.tokens == og_tokens(text_package, ids, 30, on_cpu=True)[: len(ours.tokens)]
     assert len(set(ours.tokens)) > 5
 
 
@@ -732,28 +740,36 @@ def test_a_frame_is_fit_to_the_size_the_processor_would_give_it(vl: Engine, size
     assert tuple(fitted.shape[:2]) == (chosen[1] * 16, chosen[2] * 16)  # the processor's own choice of size
 
 
-def test_the_token_table_gives_the_embedding_sessions_rows_bit_for_bit() -> None:
-    import onnxruntime as ort
-
-    from edged.engine.token_table import load_token_table
-
-    model = BUNDLED / "vl-int4" / "embedding" / "model.onnx"
+def check_the_token_table_against_its_session(model: Path, float_type: type[np.floating]) -> TokenTable:
     table = load_token_table(model)
+    assert table.layout.float_type == np.dtype(float_type).name
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     every_token = np.arange(table.layout.vocabulary, dtype=np.int64)
     ids = np.stack([every_token, every_token[::-1]])  # a batch of two rows, each with one image pad
-    features = np.random.default_rng(5).standard_normal((2, table.layout.hidden)).astype(np.float32)
+    features = np.random.default_rng(5).standard_normal((2, table.layout.hidden)).astype(float_type)
     expected = session.run(None, {"input_ids": ids, "image_features": features})[0]
-    assert np.array_equal(table.embed(ids, features).view(np.uint32), expected.view(np.uint32))
+    embeds = table.embed(ids, features)
+    assert embeds.dtype == expected.dtype == float_type
+    assert np.array_equal(embeds.view(np.uint8), expected.view(np.uint8))
+    return table
+
+
+def test_the_token_table_gives_the_embedding_sessions_rows_bit_for_bit() -> None:
+    table = check_the_token_table_against_its_session(BUNDLED / "vl-int4" / "embedding" / "model.onnx", np.float32)
     with pytest.raises(EngineError, match="4 image pads for 2 rows"):  # where the session fails too
-        table.embed(np.array([[table.layout.image_token_id] * 4]), features)
+        table.embed(np.array([[table.layout.image_token_id] * 4]), np.zeros((2, table.layout.hidden), np.float32))
     with pytest.raises(EngineError, match="outside the vocabulary"):
         table.embed(np.array([[table.layout.vocabulary]]))
 
 
-def test_an_embedding_that_is_not_an_int4_table_runs_as_its_session() -> None:
-    from edged.engine.token_table import TokenTableRefused, load_token_table
+@pytest.mark.build
+def test_a_cuda_packages_float16_token_table_gives_its_sessions_rows_bit_for_bit(cuda_packages: Path) -> None:
+    """Read from the table, a decode step on a GPU runs no embedding session, and the table's
+    weights (152 MB at 0.8B) take no device memory, which a Jetson shares with the system."""
+    check_the_token_table_against_its_session(cuda_packages / "vl-int4" / "embedding" / "model.onnx", np.float16)
 
+
+def test_an_embedding_that_is_not_an_int4_table_runs_as_its_session() -> None:
     with pytest.raises(TokenTableRefused, match="int4 table"):
         load_token_table(BUNDLED / "vl-fp32" / "embedding" / "model.onnx")
     engine = Engine(BUNDLED / "vl-fp32")

@@ -145,7 +145,16 @@ class Engine:
         embedding_inputs = {i.name: i for i in self.embedding.get_inputs()} if self.embedding is not None else {}
         self._features_dtype = (_numpy_type(embedding_inputs["image_features"]) if embedding_inputs
                                 else self._embeds_dtype)
+        self._embeds_stay = (self.embedding is not None
+                             and self.embedding.get_outputs()[0].type == inputs["inputs_embeds"].type)
+        """Whether text's embeddings go from the embedding session to the decoder as they are:
+        on a GPU they stay on it, rather than being copied out and back in at each step."""
         self._outputs = [o.name for o in self.decoder.get_outputs()]
+        logits = {o.name: o for o in self.decoder.get_outputs()}["logits"]
+        self._logits_row: int | None = (logits.shape[2] if logits.type == "tensor(float)" and len(logits.shape) == 3
+                                        and logits.shape[1] == 1 and isinstance(logits.shape[2], int) else None)
+        """The vocabulary size, when the decoder gives float32 logits of one position: they are
+        then written straight into the array the state keeps (on a GPU, the one copy out)."""
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
         self._empty = {i.name: self._zeros(i) for i in self._state_inputs}
@@ -166,7 +175,7 @@ class Engine:
             return state.logits
         self._check_room(state, len(ids) - len(state.pending))
         positions = text_positions(state.next_position, len(ids))
-        self._run(state, ids, positions, embeds=self._embed(ids, None) if self.multimodal else None)
+        self._run(state, ids, positions, embeds=self._embed_text(ids) if self.multimodal else None)
         state.next_position += len(ids)
         return state.logits  # type: ignore[return-value]
 
@@ -246,9 +255,11 @@ class Engine:
 
     def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
         """The package's decoder, rewritten (graph.py) to compute only the last position's
-        logits, the only ones ever read, and on the CPU to run the gated norm's scalar kernel
-        as vectorized operators. A graph the rewrites do not know runs as it is."""
+        logits, the only ones ever read; in a package built for CUDA, to give them as
+        float32; and on the CPU to run the gated norm's scalar kernel as vectorized
+        operators. A graph the rewrites do not know runs as it is."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
+                    *(["--float32-logits"] if self.manifest.target == "cuda" else []),
                     *(["--cpu-ops"] if self.device == "cpu" else [])]
         if not rewrites:
             return self._session(filename, profile=profile)
@@ -357,6 +368,20 @@ class Engine:
         still inside it when the interpreter exits aborts the process."""
         self._vision_run.terminate = True
 
+    def _embed_text(self, ids: Sequence[int]) -> np.ndarray | ort.OrtValue:
+        """The embeddings of text; left where the embedding session computed them when it
+        runs as one (its table not a 4-bit one that token_table.py reads, as in a float16
+        package), so that on a GPU they never leave it. Only a prompt of one piece: ``_run``
+        cuts longer ones."""
+        if not self._embeds_stay or len(ids) > self.prefill_chunk:
+            return self._embed(ids, None)
+        binding = self.embedding.io_binding()  # type: ignore[union-attr]
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("image_features", np.zeros((0, self._hidden), dtype=self._features_dtype))
+        binding.bind_output(self.embedding.get_outputs()[0].name, self.device)  # type: ignore[union-attr]
+        self.embedding.run_with_iobinding(binding)  # type: ignore[union-attr]
+        return binding.get_outputs()[0]
+
     def _embed(self, ids: Sequence[int], features: np.ndarray | None) -> np.ndarray:
         return self._embed_rows(np.asarray([ids], dtype=np.int64), features)
 
@@ -377,17 +402,18 @@ class Engine:
                 f"max_length {self.max_length} ([model] max_length); nothing was run"
             )
 
-    def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None,
+    def _run(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | ort.OrtValue | None,
              piece: int | None = None, between: Callable[[], None] | None = None) -> None:
         """``ids`` on top of ``state``, in pieces of at most ``piece`` (by default
-        ``prefill_chunk``) tokens, with ``between`` called between two pieces."""
+        ``prefill_chunk``) tokens, with ``between`` called between two pieces. Embeddings
+        given as an OrtValue are of one piece."""
         piece = piece or self.prefill_chunk
         for start in range(0, len(ids), piece):
             if start and between is not None:
                 between()
             end = start + piece
             self._run_once(state, ids[start:end], np.ascontiguousarray(positions[:, :, start:end]),
-                           None if embeds is None else embeds[:, start:end])
+                           embeds if embeds is None or len(ids) <= piece else embeds[:, start:end])
         if len(ids) >= TRIM_AFTER_TOKENS:
             release_free_memory()
 
@@ -432,12 +458,15 @@ class Engine:
         self.counters.tokens_run += sum(map(len, rows))
         return logits  # type: ignore[return-value]
 
-    def _run_once(self, state: State, ids: list[int], positions: np.ndarray, embeds: np.ndarray | None) -> None:
+    def _run_once(self, state: State, ids: list[int], positions: np.ndarray,
+                  embeds: np.ndarray | ort.OrtValue | None) -> None:
         """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""
         total = len(state.tokens) + len(ids)
         binding = self.decoder.io_binding()
         feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "position_ids": positions}
-        if embeds is not None:
+        if isinstance(embeds, ort.OrtValue):
+            binding.bind_ortvalue_input("inputs_embeds", embeds)
+        elif embeds is not None:
             feeds["inputs_embeds"] = embeds
         else:
             feeds["input_ids"] = np.asarray([ids], dtype=np.int64)
@@ -449,14 +478,18 @@ class Engine:
         # per layer and step at 0.8B); the KV cache grows, so it always gets a new buffer.
         past_of = self._past_of
         in_place = {name for name in self._fixed_size_outputs if len(ids) == 1 and past_of[name] in state.owned}
+        logits = None if self._logits_row is None else np.empty((1, 1, self._logits_row), dtype=np.float32)
         for name in self._outputs:
             if name in in_place:
                 binding.bind_ortvalue_output(name, state.tensors[past_of[name]])
+            elif name == "logits" and logits is not None:
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(logits))
             else:
                 binding.bind_output(name, self.device)
         self.decoder.run_with_iobinding(binding)
         outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-        state.logits = _float32(outputs.pop("logits").numpy()[0, -1])
+        computed = outputs.pop("logits")
+        state.logits = logits[0, -1] if logits is not None else _float32(computed.numpy()[0, -1])
         state.tensors = {past_of[name]: value for name, value in outputs.items()}
         state.owned = set(state.tensors)
         state.tokens.extend(ids)

@@ -44,6 +44,8 @@ class TableLayout:
     hidden: int
     block_size: int
     image_token_id: int
+    float_type: str = "float32"
+    """The scales' type, which is also the embeddings': float16 in a package built for CUDA."""
 
 
 class TokenTable:
@@ -54,13 +56,14 @@ class TokenTable:
         self.layout = layout
         self._row_bytes = layout.hidden // 2
         self._scales_per_row = layout.hidden // layout.block_size
+        self._float = np.dtype(layout.float_type)
         self._fd = os.open(layout.data_file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.close = weakref.finalize(self, os.close, self._fd)
         """Closes the file now rather than when the table is collected."""
 
     def embed(self, ids: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        """``ids`` (batch x sequence) as float32 embeddings (batch x sequence x hidden); the
-        image pads of each row, in order, take the rows of ``features``."""
+        """``ids`` (batch x sequence) as embeddings (batch x sequence x hidden) of the table's
+        float type; the image pads of each row, in order, take the rows of ``features``."""
         ids = np.asarray(ids, dtype=np.int64)
         layout = self.layout
         if ids.size and (ids.min() < 0 or ids.max() >= layout.vocabulary):
@@ -73,8 +76,8 @@ class TokenTable:
             available = 0 if features is None else len(features)
             # The session's rule: the k-th pad of each row takes feature row k; it appends a
             # zero row to the features, which one pad past them takes, and fails past that.
-            padded = np.concatenate([np.zeros((0, layout.hidden), np.float32) if features is None else features,
-                                     np.zeros((1, layout.hidden), np.float32)])
+            padded = np.concatenate([np.zeros((0, layout.hidden), self._float) if features is None else features,
+                                     np.zeros((1, layout.hidden), self._float)]).astype(self._float, copy=False)
             index = np.maximum(np.cumsum(pads, axis=-1) - 1, 0)
             if index[pads].max() > available:
                 raise EngineError(f"{int(pads.sum())} image pads for {available} rows of image features")
@@ -82,8 +85,10 @@ class TokenTable:
         return embeds
 
     def _rows(self, tokens: np.ndarray) -> np.ndarray:
-        """The dequantized rows of ``tokens``, as GatherBlockQuantized computes them."""
-        layout, row_bytes, scale_bytes = self.layout, self._row_bytes, 4 * self._scales_per_row
+        """The dequantized rows of ``tokens``, as GatherBlockQuantized computes them: with float16
+        scales too, (nibble - 8) x scale is exact in float32, so rounding it once to float16
+        gives the correctly rounded product that a float16 kernel gives."""
+        layout, row_bytes, scale_bytes = self.layout, self._row_bytes, self._float.itemsize * self._scales_per_row
         packed = b"".join(os.pread(self._fd, row_bytes, layout.quantized_offset + int(token) * row_bytes)
                           for token in tokens)
         scales = b"".join(os.pread(self._fd, scale_bytes, layout.scales_offset + int(token) * scale_bytes)
@@ -95,8 +100,9 @@ class TokenTable:
         values[:, 0::2] = nibbles & 0x0F  # the first of each pair in the low nibble
         values[:, 1::2] = nibbles >> 4
         values -= DEFAULT_ZERO_POINT
-        values *= np.repeat(np.frombuffer(scales, dtype=np.float32).reshape(len(tokens), -1), layout.block_size, axis=1)
-        return values
+        scale_rows = np.frombuffer(scales, dtype=self._float).reshape(len(tokens), -1)
+        values *= np.repeat(scale_rows.astype(np.float32), layout.block_size, axis=1)
+        return values.astype(self._float, copy=False)
 
 
 def load_token_table(model: Path) -> TokenTable:
@@ -129,9 +135,10 @@ def table_layout(model: Path) -> TableLayout:
         raise TokenTableRefused(f"the table is not 4-bit rows quantized along the hidden axis: {attributes}")
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     quantized, scales = initializers.get(lookup.input[0]), initializers.get(lookup.input[2])
+    float_types = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
     if quantized is None or scales is None or quantized.data_type != onnx.TensorProto.UINT8 \
-            or scales.data_type != onnx.TensorProto.FLOAT:
-        raise TokenTableRefused("the table is not uint8-packed with float32 scales")
+            or scales.data_type not in float_types:
+        raise TokenTableRefused("the table is not uint8-packed with float32 or float16 scales")
     where = [_external(quantized), _external(scales)]
     if None in where or where[0][0] != where[1][0]:  # type: ignore[index]
         raise TokenTableRefused("the table is not in one external data file")
@@ -146,7 +153,8 @@ def table_layout(model: Path) -> TableLayout:
         raise TokenTableRefused("the embedding has no single image pad id compared with the input ids")
     return TableLayout(data_file=str(model.resolve().parent / where[0][0]), quantized_offset=where[0][1],  # type: ignore[index]
                        scales_offset=where[1][1], vocabulary=int(vocabulary), hidden=2 * int(row_bytes),  # type: ignore[index]
-                       block_size=block_size, image_token_id=int(pad_ids[0]))
+                       block_size=block_size, image_token_id=int(pad_ids[0]),
+                       float_type=float_types[scales.data_type])
 
 
 def _external(tensor: object) -> tuple[str, int] | None:
@@ -166,11 +174,13 @@ def probe(model: Path, layout: TableLayout) -> None:
     text[0, :2] = (0, layout.vocabulary - 1)
     with_pads = text.copy()
     with_pads[0, [3, 4, 9]] = layout.image_token_id
-    features = rng.standard_normal((3, layout.hidden)).astype(np.float32)
+    float_type = np.dtype(layout.float_type)
+    features = rng.standard_normal((3, layout.hidden)).astype(float_type)
+    bits = np.uint32 if float_type.itemsize == 4 else np.uint16
     try:
-        for ids, rows in ((text, np.zeros((0, layout.hidden), np.float32)), (with_pads, features)):
+        for ids, rows in ((text, np.zeros((0, layout.hidden), float_type)), (with_pads, features)):
             expected = session.run(None, {"input_ids": ids, "image_features": rows})[0]
-            if not np.array_equal(expected.view(np.uint32), table.embed(ids, rows).view(np.uint32)):
+            if expected.dtype != float_type or not np.array_equal(expected.view(bits), table.embed(ids, rows).view(bits)):
                 raise TokenTableRefused("the table's embeddings differ from the embedding session's")
     finally:
         table.close()
