@@ -765,7 +765,7 @@ def test_the_token_table_gives_the_embedding_sessions_rows_bit_for_bit() -> None
 @pytest.mark.build
 def test_a_cuda_packages_float16_token_table_gives_its_sessions_rows_bit_for_bit(cuda_packages: Path) -> None:
     """Read from the table, a decode step on a GPU runs no embedding session, and the table's
-    weights (152 MB at 0.8B) take no device memory, which a Jetson shares with the system."""
+    weights (136 MiB at 0.8B) take no device memory, which a Jetson shares with the system."""
     check_the_token_table_against_its_session(cuda_packages / "vl-int4" / "embedding" / "model.onnx", np.float16)
 
 
