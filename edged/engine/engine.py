@@ -38,7 +38,7 @@ from edged.engine.memory import (
 from edged.engine.positions import prompt_positions, text_positions
 from edged.engine.image_patches import PatchGrid
 from edged.engine.processor import ImageProcessor, ProcessedPrompt
-from edged.engine.state import State
+from edged.engine.state import State, is_kv_cache
 from edged.engine.token_table import TokenTable, TokenTableRefused, load_token_table
 from edged.images import encode_png
 from edged.models.manifest import Manifest, read_manifest
@@ -51,6 +51,12 @@ READ_PIECE = 64
 """Tokens per piece of a prompt with images: a 448 x 448 frame's 200 image tokens are read in
 4 pieces, between which a question can be answered. Measured at 0.8B: a frame read in pieces
 of 64 took as long as in one piece of 256 (4.0-4.1 s either way)."""
+
+DECODE_ROOM = 64
+"""Positions of room a KV cache is given when a step of decoding finds it full: the next
+steps write their keys and values in place (GroupQueryAttention's shared-buffer mode)
+instead of onnxruntime copying the whole cache into a new one at every token. At 0.8B a
+token's keys and values take 24 KB in float32, so the room is at most 1.5 MB a state."""
 
 Image = bytes | str | Path | np.ndarray
 """An encoded picture (PNG, JPEG), a path to one, or an H x W x 3 uint8 RGB frame."""
@@ -157,6 +163,7 @@ class Engine:
         then written straight into the array the state keeps (on a GPU, the one copy out)."""
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
+        self._kv_outputs = {name for name, past in self._past_of.items() if is_kv_cache(past)}
         self._empty = {i.name: self._zeros(i) for i in self._state_inputs}
         release_file_pages(self.package)
 
@@ -427,7 +434,7 @@ class Engine:
         width, count = max(map(len, rows)), len(rows)
         self._check_room(state, width - len(state.pending))
         ids = np.asarray([row + row[-1:] * (width - len(row)) for row in rows], dtype=np.int64)
-        tensors: dict[str, Any] = {name: np.repeat(value.numpy(), count, axis=0) for name, value in state.tensors.items()}
+        tensors: dict[str, Any] = {name: np.repeat(value, count, axis=0) for name, value in state.arrays().items()}
         logits: list[np.ndarray | None] = [None] * count
         for step in range(width):
             binding = self.decoder.io_binding()
@@ -458,12 +465,56 @@ class Engine:
         self.counters.tokens_run += sum(map(len, rows))
         return logits  # type: ignore[return-value]
 
+    def _make_room(self, state: State, adding: int) -> bool:
+        """Whether this call writes the KV caches in place: the state owns them and they have
+        room for ``adding`` tokens, or they are copied here into buffers that have (with
+        ``DECODE_ROOM`` more for a step of decoding). A prompt on caches that the state fills
+        exactly grows them as before, by onnxruntime's own copy into new ones (on a GPU, on
+        the device: how a fork reads its rule)."""
+        names = [self._past_of[name] for name in self._kv_outputs]
+        if not names:
+            return False
+        used = len(state.tokens)
+        capacity = state.tensors[names[0]].shape()[2]
+        if capacity >= used + adding and state.owned.issuperset(names):
+            return True
+        if capacity == used and adding > 1:
+            return False
+        size = used + adding + (DECODE_ROOM if adding == 1 else 0)
+        for name in names:
+            held = state.tensors[name].numpy()[:, :, :used]
+            buffer = np.zeros((*held.shape[:2], size, held.shape[3]), dtype=held.dtype)
+            buffer[:, :, :used] = held
+            state.tensors[name] = ort.OrtValue.ortvalue_from_numpy(buffer, self.device)
+            state.owned.add(name)
+        return True
+
     def _run_once(self, state: State, ids: list[int], positions: np.ndarray,
                   embeds: np.ndarray | ort.OrtValue | None) -> None:
-        """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces."""
-        total = len(state.tokens) + len(ids)
-        binding = self.decoder.io_binding()
-        feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "position_ids": positions}
+        """One decoder call: ``ids`` on top of ``state``, whose tensors it replaces, or
+        updates in place where the state owns them and they have room."""
+        kv_in_place = self._make_room(state, len(ids))
+        past_of = self._past_of
+        # One-token steps update owned DeltaNet states in place (saves a 1 MiB write and read
+        # per layer and step at 0.8B); KV caches with room take the new tokens in place.
+        in_place = {name for name in self._fixed_size_outputs if len(ids) == 1 and past_of[name] in state.owned}
+        if kv_in_place:
+            in_place |= self._kv_outputs
+        all_in_place = len(in_place) == len(past_of)
+        binding = self._reusable_binding(state) if all_in_place else None
+        if binding is None:
+            binding = self.decoder.io_binding()
+            for name, value in state.tensors.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in past_of:
+                if name in in_place:
+                    binding.bind_ortvalue_output(name, state.tensors[past_of[name]])
+                else:
+                    binding.bind_output(name, self.device)
+            # A step that updates every tensor in place leaves them all where they are
+            # bound: the next step binds its inputs and logits only (at 0.8B, 4 of 101).
+            state.step_binding = (binding, tuple(state.tensors.values())) if all_in_place else None
+        feeds = {"attention_mask": np.ones((1, len(state.tokens) + len(ids)), dtype=np.int64), "position_ids": positions}
         if isinstance(embeds, ort.OrtValue):
             binding.bind_ortvalue_input("inputs_embeds", embeds)
         elif embeds is not None:
@@ -472,30 +523,36 @@ class Engine:
             feeds["input_ids"] = np.asarray([ids], dtype=np.int64)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name, value in state.tensors.items():
-            binding.bind_ortvalue_input(name, value)
-        # One-token steps update owned DeltaNet states in place (saves a 1 MiB write and read
-        # per layer and step at 0.8B); the KV cache grows, so it always gets a new buffer.
-        past_of = self._past_of
-        in_place = {name for name in self._fixed_size_outputs if len(ids) == 1 and past_of[name] in state.owned}
         logits = None if self._logits_row is None else np.empty((1, 1, self._logits_row), dtype=np.float32)
-        for name in self._outputs:
-            if name in in_place:
-                binding.bind_ortvalue_output(name, state.tensors[past_of[name]])
-            elif name == "logits" and logits is not None:
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(logits))
-            else:
-                binding.bind_output(name, self.device)
+        if logits is not None:
+            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        else:
+            binding.bind_output("logits", self.device)
         self.decoder.run_with_iobinding(binding)
-        outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-        computed = outputs.pop("logits")
+        if logits is None or not all_in_place:
+            outputs = dict(zip([*past_of, "logits"], binding.get_outputs(), strict=True))  # the order bound
+            computed = outputs.pop("logits")
+            # Written in place, a tensor keeps its own OrtValue: the one get_outputs gives anew
+            # would not keep alive the numpy buffer that a KV cache given room lives in.
+            state.tensors = {past_of[name]: state.tensors[past_of[name]] if name in in_place else value
+                             for name, value in outputs.items()}
+            state.owned = set(state.tensors)
         state.logits = logits[0, -1] if logits is not None else _float32(computed.numpy()[0, -1])
-        state.tensors = {past_of[name]: value for name, value in outputs.items()}
-        state.owned = set(state.tensors)
         state.tokens.extend(ids)
         state.pending = []
         self.counters.decoder_runs += 1
         self.counters.tokens_run += len(ids)
+
+    @staticmethod
+    def _reusable_binding(state: State) -> ort.IOBinding | None:
+        """The binding of the state's last step, if it bound the tensors the state has now."""
+        if state.step_binding is None:
+            return None
+        binding, bound = state.step_binding
+        tensors = state.tensors.values()
+        if len(bound) != len(tensors) or any(a is not b for a, b in zip(bound, tensors)):
+            return None
+        return binding
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

@@ -32,7 +32,7 @@ class StateFileError(Exception):
 
 def save_state(state: State, path: Path, extra: dict[str, str] | None = None) -> int:
     """Write ``state`` to ``path`` atomically; returns the bytes written."""
-    tensors = {name: value.numpy() for name, value in state.tensors.items()}
+    tensors = {name: np.ascontiguousarray(value) for name, value in state.arrays().items()}
     if state.logits is not None:
         tensors[_LOGITS] = state.logits
     metadata = {

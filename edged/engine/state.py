@@ -6,12 +6,14 @@ fixed size whatever it has read; only the full-attention layers keep a KV cache 
 by one entry per token. Tensors are onnxruntime OrtValues. A fork shares them with its
 parent, copy-on-write: forking copies nothing, a shared tensor is never written, and a run
 on a shared state allocates new outputs; a state that owns its DeltaNet tensors has them
-updated in place while it decodes.
+updated in place while it decodes. A KV cache may hold room past the tokens read (positions
+``len(tokens)`` on, along its third axis), which decoding fills in place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,11 +36,22 @@ class State:
     """Next-token logits after ``tokens``; None when nothing has run or tokens are pending."""
     owned: set[str] = field(default_factory=set, repr=False)
     """Tensors no other state shares: the decoder may update these in place."""
+    step_binding: tuple[Any, tuple[ort.OrtValue, ...]] | None = field(default=None, repr=False, compare=False)
+    """The engine's: the decoder binding of this state's last step, and the tensors bound in
+    it, which the next step reuses when it updates the same tensors in place. Kept here so
+    that it goes when the state goes, with the references it holds."""
 
     def fork(self) -> State:
         """An independent copy; neither this state nor the fork sees the other's extensions."""
         self.owned = set()  # shared from now on: the next run of either allocates anew
-        return replace(self, tokens=list(self.tokens), pending=list(self.pending), tensors=dict(self.tensors), owned=set())
+        return replace(self, tokens=list(self.tokens), pending=list(self.pending), tensors=dict(self.tensors), owned=set(),
+                       step_binding=None)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tensors as numpy arrays of what the state has read: KV caches without their room."""
+        used = len(self.tokens)
+        return {name: value.numpy()[:, :, :used] if is_kv_cache(name) else value.numpy()
+                for name, value in self.tensors.items()}
 
     @property
     def length(self) -> int:
@@ -49,3 +62,8 @@ class State:
     def nbytes(self) -> int:
         tensors = sum(value.tensor_size_in_bytes() for value in self.tensors.values())
         return tensors + (self.logits.nbytes if self.logits is not None else 0) + 8 * self.length
+
+
+def is_kv_cache(name: str) -> bool:
+    """past_key_values.{i}.key and .value: (batch, heads, positions, head size)."""
+    return name.startswith("past_key_values.")
