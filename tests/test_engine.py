@@ -18,7 +18,7 @@ from conftest import BUNDLED, FLOAT, LOGITS_ATOL, REPO, TINY
 
 from edged.images import write_png
 
-from edged.engine.engine import ContextFullError, Engine, EngineError, GenerationOptions
+from edged.engine.engine import DECODE_ROOM, ContextFullError, Engine, EngineError, GenerationOptions
 from edged.engine.persist import StateFileError, load_state, save_state
 from edged.engine.sampling import SamplingOptions
 from edged.engine.state import State
@@ -334,6 +334,54 @@ def test_follow_up_continues_the_answer_without_reencoding_the_image(any_vl: Eng
     any_vl.extend(whole, answer.tokens + any_vl.encode(follow_up))
     assert whole.tokens == processed + answer.tokens + any_vl.encode(follow_up)
     assert greedy(any_vl, whole, 8) == continued
+
+
+def test_decoding_copies_the_kv_cache_once_per_room_not_once_per_token(text_fp32: Engine, monkeypatch) -> None:
+    """onnxruntime's concatenation copies the whole KV cache into a new one at every token; a
+    step that finds the cache full copies it once into a buffer with DECODE_ROOM more
+    positions, which the next steps fill in place. The tokens and logits are the
+    concatenation's."""
+    def decode(steps: int) -> tuple[list[int], list[ort.OrtValue], np.ndarray]:
+        state = text_fp32.new_state()
+        text_fp32.extend(state, text_fp32.encode(QUESTION))
+        kv = next(name for name in state.tensors if name.startswith("past_key_values."))
+        tokens, caches = [], []
+        for _ in range(steps):
+            tokens.append(int(np.argmax(state.logits)))
+            text_fp32.extend(state, tokens[-1:])
+            if not caches or caches[-1] is not state.tensors[kv]:
+                caches.append(state.tensors[kv])
+        assert caches[-1].shape()[2] >= len(state.tokens)
+        return tokens, caches, state.logits
+
+    steps = 2 * DECODE_ROOM + 8
+    tokens, caches, logits = decode(steps)
+    assert len(caches) == -(-steps // (DECODE_ROOM + 1))
+    monkeypatch.setattr(text_fp32, "_make_room", lambda state, adding: False)
+    concatenated, copies, concatenated_logits = decode(steps)
+    assert len(copies) == steps
+    assert tokens == concatenated
+    np.testing.assert_allclose(logits, concatenated_logits, atol=LOGITS_ATOL, rtol=0)
+
+
+def test_a_follow_up_written_into_the_room_or_concatenated_gives_the_same_tokens(vl: Engine, picture: Path,
+                                                                                 monkeypatch) -> None:
+    """After an answer the KV cache has room. On the CPU the follow-up's prompt is written
+    into it; on a GPU (``_prompts_in_place`` off: only one-token steps in place have run
+    there) the cache is cut to what it holds and concatenated, as before the room."""
+    follow_up = "<|im_end|>\n<|im_start|>user\nAnd the door?<|im_end|>\n<|im_start|>assistant\n"
+    continued = []
+    for in_place in (True, False):
+        monkeypatch.setattr(vl, "_prompts_in_place", in_place)
+        session = vl.new_state()
+        vl.extend_prompt(session, image_prompt(vl, "Describe the scene."), [picture])
+        vl.generate(session, GenerationOptions(max_tokens=6)).run()
+        kv = next(name for name in session.tensors if name.startswith("past_key_values."))
+        room = session.tensors[kv].shape()[2] - len(session.tokens)
+        assert room > 0
+        vl.extend_prompt(session, follow_up)
+        continued.append(greedy(vl, session, 8))
+    assert continued[0] == continued[1]
 
 
 # -- limits, sampling, stops, cancellation, JSON ---------------------------------------------

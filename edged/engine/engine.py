@@ -164,6 +164,10 @@ class Engine:
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
         self._kv_outputs = {name for name, past in self._past_of.items() if is_kv_cache(past)}
+        self._prompts_in_place = self.device == "cpu"
+        """Whether a prompt of several tokens, too, is written into a KV cache's room. On the
+        CPU the engine's tests run it; on CUDA only one-token steps in place have run (on an
+        H200: og.Generator's tokens at 0.8B), so prompts there keep the concatenation."""
         self._empty = {i.name: self._zeros(i) for i in self._state_inputs}
         release_file_pages(self.package)
 
@@ -470,24 +474,32 @@ class Engine:
         room for ``adding`` tokens, or they are copied here into buffers that have (with
         ``DECODE_ROOM`` more for a step of decoding). A prompt on caches that the state fills
         exactly grows them as before, by onnxruntime's own copy into new ones (on a GPU, on
-        the device: how a fork reads its rule)."""
+        the device: how a fork reads its rule); so does a prompt on a GPU
+        (``_prompts_in_place``), its caches first cut to what they hold."""
         names = [self._past_of[name] for name in self._kv_outputs]
         if not names:
             return False
         used = len(state.tokens)
         capacity = state.tensors[names[0]].shape()[2]
-        if capacity >= used + adding and state.owned.issuperset(names):
+        in_place = adding == 1 or self._prompts_in_place
+        if in_place and capacity >= used + adding and state.owned.issuperset(names):
             return True
-        if capacity == used and adding > 1:
+        if not in_place or (capacity == used and adding > 1):
+            if capacity != used:
+                self._copy_kv(state, names, used)
             return False
-        size = used + adding + (DECODE_ROOM if adding == 1 else 0)
+        self._copy_kv(state, names, used + adding + (DECODE_ROOM if adding == 1 else 0))
+        return True
+
+    def _copy_kv(self, state: State, names: list[str], size: int) -> None:
+        """The state's KV caches copied into buffers of ``size`` positions, which it owns."""
+        used = len(state.tokens)
         for name in names:
             held = state.tensors[name].numpy()[:, :, :used]
             buffer = np.zeros((*held.shape[:2], size, held.shape[3]), dtype=held.dtype)
             buffer[:, :, :used] = held
             state.tensors[name] = ort.OrtValue.ortvalue_from_numpy(buffer, self.device)
             state.owned.add(name)
-        return True
 
     def _run_once(self, state: State, ids: list[int], positions: np.ndarray,
                   embeds: np.ndarray | ort.OrtValue | None) -> None:
