@@ -24,7 +24,8 @@ def test_bench_engine_runs_and_reports_every_figure() -> None:
                 "prefix_ttft_ratio", "decode_ratio_same_threads", "prefill_ratio_same_threads",
                 "fanout_ratio_same_threads", "prefix_ttft_ratio_same_threads", "peak_rss_mb", "session_bytes",
                 "frame_prep_ratio", "prefill_512_s", "rules_batched_ratio", "contended_decode_ratio",
-                "frame_read_ratio", "image_feature_cosine_mean", "image_feature_cosine_min"):
+                "frame_read_ratio", "image_feature_cosine_mean", "image_feature_cosine_min", "decode_long_ratio",
+                "decode_long_ratio_same_threads"):
         assert report[key] > 0, key
     assert report["image_feature_cosine_mean"] <= 1.0 + 1e-6 and 0 <= report["rule_probability_change_max"] <= 1
     assert isinstance(report["contended_spin"], bool) and "(" in report["cpu"]

@@ -80,6 +80,13 @@ class EngineBench:
     contended_decode_ratio: float = float("nan")
     contended_spin: bool | None = None
     """Whether edged's threads spun under that load (``[model] spin = "auto"`` decides)."""
+    decode_long_tok_s: float = float("nan")
+    """Decode after an 800-token prompt (a conversation's follow-up, a frame and its answer):
+    the KV caches are what a step reads and writes more of as the context grows."""
+    og_decode_long_tok_s: float = float("nan")
+    decode_long_ratio: float = float("nan")
+    og_same_threads_decode_long_tok_s: float = float("nan")
+    decode_long_ratio_same_threads: float = float("nan")
     rules_sequential_s: float = float("nan")
     """8 rules' P(yes) on a read 448 x 448 frame, one prompt per rule (what the daemon does)."""
     rules_batched_s: float = float("nan")
@@ -159,6 +166,7 @@ class Workload:
 
     decode_prompt: str
     decode_tokens: int
+    long_decode_prompt: str
     prefill_prompt: str
     prefill_512_prompt: str
     picture: Path
@@ -172,6 +180,7 @@ class Workload:
         return cls(
             decode_prompt=engine.chat_prompt([{"role": "user", "content": "Describe the street."}]),
             decode_tokens=64,
+            long_decode_prompt=prompt_of(engine, 800),
             prefill_prompt=prompt_of(engine, 128),
             prefill_512_prompt=prompt_of(engine, 512),
             picture=image or _picture(),
@@ -240,6 +249,10 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         frame_prep_ms=round(ours["frame_prep"] * 1000, 2), png_frame_prep_ms=round(ours["png_frame_prep"] * 1000, 2),
         frame_prep_ratio=round(ours["png_frame_prep"] / ours["frame_prep"], 1),
         cpu=cpu_description(), spin=spin, prefill_512_s=round(ours["prefill_512"], 4),
+        decode_long_tok_s=round(1 / ours["decode_long"], 1), og_decode_long_tok_s=round(1 / theirs["decode_long"], 1),
+        decode_long_ratio=ratio("decode_long", theirs),
+        og_same_threads_decode_long_tok_s=round(1 / same_threads["decode_long"], 1),
+        decode_long_ratio_same_threads=ratio("decode_long", same_threads),
         rules_sequential_s=round(ours["rules_sequential"], 4), rules_batched_s=round(ours["rules_batched"], 4),
         rules_batched_ratio=round(ours["rules_batched"] / ours["rules_sequential"], 2),
     )
@@ -339,7 +352,7 @@ def _edged_timings(engine, work: Workload) -> dict[str, Callable[[], float]]:
         engine.extend_prompt(branch, work.question)
         engine.generate(branch, GenerationOptions(max_tokens=1)).run()
 
-    timings = {"decode": _edged_decode(engine, work),
+    timings = {"decode": _edged_decode(engine, work), "decode_long": _edged_decode(engine, work, work.long_decode_prompt),
                "prefill": lambda: seconds(lambda: engine.extend_prompt(engine.new_state(), work.prefill_prompt)),
                "ttft": lambda: seconds(ttft)}
     if engine.multimodal:
@@ -398,13 +411,14 @@ def _edged_seconds(engine, work: Workload, repeats: int) -> dict[str, float]:
     return figures
 
 
-def _edged_decode(engine, work: Workload) -> Callable[[], float]:
-    """One timed decode of ``work.decode_tokens`` tokens; it returns the seconds per token."""
+def _edged_decode(engine, work: Workload, prompt: str | None = None) -> Callable[[], float]:
+    """One timed decode of ``work.decode_tokens`` tokens after ``prompt`` (by default
+    ``work.decode_prompt``); it returns the seconds per token."""
     from edged.engine.engine import GenerationOptions
 
     def decode() -> float:
         state = engine.new_state()
-        engine.extend_prompt(state, work.decode_prompt)
+        engine.extend_prompt(state, prompt or work.decode_prompt)
         engine.generate(state, GenerationOptions(max_tokens=1)).run()
         started = time.perf_counter()
         generation = engine.generate(state, GenerationOptions(max_tokens=work.decode_tokens)).run()
@@ -413,12 +427,13 @@ def _edged_decode(engine, work: Workload) -> Callable[[], float]:
     return decode
 
 
-def _og_decode(og_runner: OgRunner, work: Workload) -> Callable[[], float]:
+def _og_decode(og_runner: OgRunner, work: Workload, prompt: str | None = None) -> Callable[[], float]:
     """As _edged_decode, for og.Generator."""
-    prompt_tokens = len(og_runner.tokenizer.encode(work.decode_prompt))
+    prompt = prompt or work.decode_prompt
+    prompt_tokens = len(og_runner.tokenizer.encode(prompt))
 
     def decode() -> float:
-        generator = og_runner.generator(work.decode_prompt, None, prompt_tokens + work.decode_tokens + 2)
+        generator = og_runner.generator(prompt, None, prompt_tokens + work.decode_tokens + 2)
         generator.generate_next_token()
         started = time.perf_counter()
         count = 0
@@ -438,7 +453,7 @@ def _og_timings(og_runner: OgRunner, work: Workload) -> dict[str, Callable[[], f
         for tail in work.rule_tails:
             og_runner.generator(work.image_head + tail, [str(work.picture)], 1024).generate_next_token()
 
-    timings = {"decode": _og_decode(og_runner, work),
+    timings = {"decode": _og_decode(og_runner, work), "decode_long": _og_decode(og_runner, work, work.long_decode_prompt),
                "prefill": lambda: seconds(lambda: og_runner.generator(work.prefill_prompt, None, 140).generate_next_token()),
                "ttft": lambda: seconds(lambda: og_runner.generator(work.system + work.question, None, 600).generate_next_token())}
     if og_runner.multimodal:
@@ -517,6 +532,9 @@ def format_table(bench: EngineBench) -> str:
     rows = [
         ("decode tok/s", bench.decode_tok_s, bench.og_same_threads_decode_tok_s, bench.decode_ratio_same_threads,
          ">= 1.0", bench.og_decode_tok_s, bench.decode_ratio),
+        ("  after an 800-token prompt", bench.decode_long_tok_s, bench.og_same_threads_decode_long_tok_s,
+         bench.decode_long_ratio_same_threads, "",
+         bench.og_decode_long_tok_s, bench.decode_long_ratio),
         ("prefill 128 tokens, s", bench.prefill_128_s, bench.og_same_threads_prefill_128_s,
          bench.prefill_ratio_same_threads, ">= 1.0", bench.og_prefill_128_s, bench.prefill_ratio),
         ("8 rules on one 448x448 image, s", bench.fanout_s, bench.og_same_threads_fanout_s,

@@ -16,14 +16,15 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     engine = sub.add_parser(
         "engine", help="the engine against ORT GenAI's Generator on one package",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Decode and prefill speed, 8-rule fan-out on one image, time to first token after a\n"
-        "cached prefix, peak memory and saved-session size: edged against og.Generator on the\n"
-        "same package, in one run. og runs twice: as the package configures it (what its users\n"
-        "get) and told edged's thread count (the headline ratios); the three take turns at each\n"
-        "figure, so a machine whose speed drifts slows them alike, and are loaded together (about\n"
-        "three times the package's memory). Then decode again while another process keeps a\n"
-        "core busy; with --float-vision, the package's vision encoder against a float32 one;\n"
-        "with --against llama.cpp, llama.cpp on the package's checkpoint. A few seconds on the\n"
+        description="Decode speed (after a short prompt and after 800 tokens), prefill speed, 8-rule\n"
+        "fan-out on one image, time to first token after a cached prefix, peak memory and\n"
+        "saved-session size: edged against og.Generator on the same package, in one run. og runs\n"
+        "twice: as the package configures it (what its users get) and told edged's thread count\n"
+        "(the headline ratios); the three take turns at each figure, so a machine whose speed\n"
+        "drifts slows them alike, and are loaded together (about three times the package's\n"
+        "memory). Then decode again while another process keeps a core busy; with\n"
+        "--float-vision, the package's vision encoder against a float32 one; with --against\n"
+        "llama.cpp, llama.cpp on the package's checkpoint. A few seconds on the\n"
         "tiny model, 10 to 20 minutes on 0.8B.",
         epilog="example, at 0.8B:\n"
         "  edged models build --size 0.8b --out m --keep-checkpoint\n"
