@@ -524,7 +524,7 @@ class Engine:
                 else:
                     binding.bind_output(name, self.device)
             # A step that updates every tensor in place leaves them all where they are
-            # bound: the next step binds its inputs and logits only (at 0.8B, 4 of 101).
+            # bound: the next step binds its inputs and logits only (at 0.8B, 4 of 100).
             state.step_binding = (binding, tuple(state.tensors.values())) if all_in_place else None
         feeds = {"attention_mask": np.ones((1, len(state.tokens) + len(ids)), dtype=np.int64), "position_ids": positions}
         if isinstance(embeds, ort.OrtValue):
