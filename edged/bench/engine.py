@@ -352,7 +352,8 @@ def _edged_timings(engine, work: Workload) -> dict[str, Callable[[], float]]:
         engine.extend_prompt(branch, work.question)
         engine.generate(branch, GenerationOptions(max_tokens=1)).run()
 
-    timings = {"decode": _edged_decode(engine, work), "decode_long": _edged_decode(engine, work, work.long_decode_prompt),
+    timings = {"decode": _edged_decode(engine, work),
+               "decode_long": _edged_decode(engine, work, work.long_decode_prompt),
                "prefill": lambda: seconds(lambda: engine.extend_prompt(engine.new_state(), work.prefill_prompt)),
                "ttft": lambda: seconds(ttft)}
     if engine.multimodal:
@@ -453,7 +454,8 @@ def _og_timings(og_runner: OgRunner, work: Workload) -> dict[str, Callable[[], f
         for tail in work.rule_tails:
             og_runner.generator(work.image_head + tail, [str(work.picture)], 1024).generate_next_token()
 
-    timings = {"decode": _og_decode(og_runner, work), "decode_long": _og_decode(og_runner, work, work.long_decode_prompt),
+    timings = {"decode": _og_decode(og_runner, work),
+               "decode_long": _og_decode(og_runner, work, work.long_decode_prompt),
                "prefill": lambda: seconds(lambda: og_runner.generator(work.prefill_prompt, None, 140).generate_next_token()),
                "ttft": lambda: seconds(lambda: og_runner.generator(work.system + work.question, None, 600).generate_next_token())}
     if og_runner.multimodal:

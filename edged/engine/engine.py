@@ -526,7 +526,8 @@ class Engine:
             # A step that updates every tensor in place leaves them all where they are
             # bound: the next step binds its inputs and logits only (at 0.8B, 4 of 100).
             state.step_binding = (binding, tuple(state.tensors.values())) if all_in_place else None
-        feeds = {"attention_mask": np.ones((1, len(state.tokens) + len(ids)), dtype=np.int64), "position_ids": positions}
+        total = len(state.tokens) + len(ids)
+        feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "position_ids": positions}
         if isinstance(embeds, ort.OrtValue):
             binding.bind_ortvalue_input("inputs_embeds", embeds)
         elif embeds is not None:
