@@ -164,6 +164,7 @@ class Engine:
         self._fixed_size_outputs = {name for name in self._outputs if name.endswith((".conv", ".recurrent"))}
         self._past_of = {name: _past_name(name) for name in self._outputs if name != "logits"}
         self._kv_outputs = {name for name, past in self._past_of.items() if is_kv_cache(past)}
+        self._kv_inputs = [self._past_of[name] for name in self._kv_outputs]
         self._prompts_in_place = self.device == "cpu"
         """Whether a prompt of several tokens, too, is written into a KV cache's room. On the
         CPU the engine's tests run it; on CUDA only one-token steps in place have run (on an
@@ -476,7 +477,7 @@ class Engine:
         exactly grows them as before, by onnxruntime's own copy into new ones (on a GPU, on
         the device: how a fork reads its rule); so does a prompt on a GPU
         (``_prompts_in_place``), its caches first cut to what they hold."""
-        names = [self._past_of[name] for name in self._kv_outputs]
+        names = self._kv_inputs
         if not names:
             return False
         used = len(state.tokens)
@@ -486,15 +487,15 @@ class Engine:
             return True
         if not in_place or (capacity == used and adding > 1):
             if capacity != used:
-                self._copy_kv(state, names, used)
+                self._copy_kv(state, used)
             return False
-        self._copy_kv(state, names, used + adding + (DECODE_ROOM if adding == 1 else 0))
+        self._copy_kv(state, used + adding + (DECODE_ROOM if adding == 1 else 0))
         return True
 
-    def _copy_kv(self, state: State, names: list[str], size: int) -> None:
+    def _copy_kv(self, state: State, size: int) -> None:
         """The state's KV caches copied into buffers of ``size`` positions, which it owns."""
         used = len(state.tokens)
-        for name in names:
+        for name in self._kv_inputs:
             held = state.tensors[name].numpy()[:, :, :used]
             buffer = np.zeros((*held.shape[:2], size, held.shape[3]), dtype=held.dtype)
             buffer[:, :, :used] = held
