@@ -270,24 +270,57 @@ def test_a_read_lets_other_work_in_between_its_pieces_and_ends_as_without_it(pac
     assert greedy(engine, interrupted) == greedy(engine, alone)
 
 
-def test_forks_run_as_one_batch_give_the_logits_of_one_fork_at_a_time(any_vl: Engine, picture: Path) -> None:
-    """Rules on a frame, as the rows of one batch (of 3, then 2) instead of one after another:
-    rows of different lengths, each read at its own last token."""
-    frame = any_vl.new_state()
-    any_vl.extend_prompt(frame, "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>", [picture])
+@pytest.fixture(scope="module")
+def rows_vl(any_vl: Engine) -> Engine:
+    """``any_vl``'s package loaded to run forks as the rows of a batch."""
+    return Engine(any_vl.package, rows=True)
+
+
+def test_forks_run_as_one_batch_give_the_logits_of_one_fork_at_a_time(any_vl: Engine, rows_vl: Engine,
+                                                                       picture: Path) -> None:
+    """Rules on a frame as the rows of one batch (of 3, then 2) instead of one after another:
+    rows of different lengths, each read at its own last token, one decoder call a batch."""
+    frame = rows_vl.new_state()
+    rows_vl.extend_prompt(frame, "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>", [picture])
     before = tensors(frame)
-    tails = [any_vl.encode(f"{when}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n") for when in
+    tails = [rows_vl.encode(f"{when}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n") for when in
              ("Is a person at the door", "Is it dark", "Is a red car parked in the driveway next to the gate",
               "Is a dog in the yard", "Rain")]
     assert len({len(tail) for tail in tails}) > 2
-    one_by_one = any_vl.fork_logits(frame, tails)
-    batched = any_vl.fork_logits(frame, tails, rows=3)
+    one_by_one = rows_vl.fork_logits(frame, tails)
+    runs = rows_vl.counters.decoder_runs
+    batched = rows_vl.fork_logits(frame, tails, rows=3)
+    assert rows_vl.counters.decoder_runs == runs + 2
     for tail, single, row in zip(tails, one_by_one, batched, strict=True):
         np.testing.assert_allclose(row, single, atol=LOGITS_ATOL, rtol=0)
-        np.testing.assert_allclose(single, any_vl.extend(frame.fork(), tail), atol=0, rtol=0)
+        np.testing.assert_allclose(single, rows_vl.extend(frame.fork(), tail), atol=0, rtol=0)
         assert int(np.argmax(row)) == int(np.argmax(single))
     for name, value in tensors(frame).items():  # the forks leave their parent as it was
         np.testing.assert_array_equal(value, before[name])
+    with pytest.raises(EngineError, match="rows=True"):
+        any_vl.fork_logits(frame, tails, rows=3)
+
+
+def test_an_engine_loaded_for_rows_reads_and_decodes_as_one_that_is_not(any_vl: Engine, rows_vl: Engine,
+                                                                        picture: Path) -> None:
+    """A batch of one runs the graph it ran before: the same logits bit for bit, and decoding
+    still writes the KV cache in place (the cache the state holds stays the same buffer)."""
+    def run(engine: Engine) -> tuple[list[int], np.ndarray, int]:
+        state = engine.new_state()
+        engine.extend_prompt(state, image_prompt(engine, QUESTION), [picture])
+        kv = next(name for name in state.tensors if name.startswith("past_key_values."))
+        tokens, caches = [], set()
+        for _ in range(12):
+            tokens.append(int(np.argmax(state.logits)))
+            engine.extend(state, tokens[-1:])
+            caches.add(id(state.tensors[kv]))
+        return tokens, state.logits, len(caches)
+
+    tokens, logits, caches = run(rows_vl)
+    assert caches == 1
+    plain_tokens, plain_logits, _ = run(any_vl)
+    assert tokens == plain_tokens
+    np.testing.assert_array_equal(logits, plain_logits)
 
 
 def test_forks_of_one_image_state_answer_as_from_scratch_in_either_order(any_vl: Engine, picture: Path) -> None:

@@ -77,14 +77,18 @@ class Engine:
     """A loaded model package. Owned by one thread; ``cancel`` events may come from any."""
 
     def __init__(self, package: Path, threads: int = 0, provider: str | None = None, max_length: int = 2048,
-                 prefill_chunk: int = 256, profile_decoder: Path | None = None, spin: bool | None = None) -> None:
+                 prefill_chunk: int = 256, profile_decoder: Path | None = None, spin: bool | None = None,
+                 rows: bool = False) -> None:
         """``provider`` is "cpu" or "cuda"; by default the package's target, when present.
         ``spin``: whether idle intra-op threads spin rather than sleep; by default they spin
         only when every core is free as the engine loads (cores.py).
         Prompts longer than ``prefill_chunk`` tokens run in pieces of that many: the same
         result as one call, with the activations of one piece held at a time.
         ``profile_decoder`` makes onnxruntime time each operator of every decoder run, into a
-        file named after it that ``self.decoder.end_profiling()`` closes and names."""
+        file named after it that ``self.decoder.end_profiling()`` closes and names.
+        ``rows``: load the decoder so that ``fork_logits`` can run forks as the rows of one
+        batch (graph.py ``--rows``). Off by default: on a CPU one fork after another is faster
+        (docs/engine.md), and on a GPU the batch has not run yet."""
         import onnxruntime_genai as og
 
         self.package = Path(package)
@@ -98,6 +102,7 @@ class Engine:
                             package=self.manifest.name)
         self.fingerprint = self.manifest.fingerprint
         self.prefill_chunk = prefill_chunk
+        self.rows = rows
         self.read_piece = min(READ_PIECE, prefill_chunk)
         config = json.loads((self.package / "genai_config.json").read_text())["model"]
         context = int(config.get("context_length") or max_length)
@@ -220,17 +225,19 @@ class Engine:
         """The next-token logits after each continuation of ``state``: for each, what
         ``extend`` on a fork of the state gives; the forks themselves are not kept.
 
-        ``rows`` > 1 runs up to that many continuations together, as the rows of a batch
-        stepped one token at a time. That is the only batch the CPU decoder takes on top of a
-        state (onnxruntime's GroupQueryAttention runs a prompt of several tokens over a past
-        for a batch of one only), and on a CPU it loses: 8 rules of 30 tokens on a read frame
-        took 2.3 to 2.4x the time of one prompt per rule at 0.8B (docs/engine.md). So the daemon
-        runs one continuation after another, the default."""
+        ``rows`` > 1 runs up to that many continuations in one decoder call, as the rows of a
+        batch, on an engine loaded with ``rows``. The logits agree with one fork at a time to
+        the last bits of a float (the batch's attention is another kernel); in an int4 model,
+        whose matrix kernels round activations to 8 bits, that can move them further (up to
+        0.58 at 0.8B, docs/engine.md). On a CPU the batch loses: the matrix kernels take no
+        less time a token for 8 rows than for one, and the rows are padded to the longest."""
+        if rows > 1 and not self.rows:
+            raise EngineError("fork_logits(rows=N) takes an engine loaded with rows=True")
         if rows <= 1:
             return [self.extend(state.fork(), continuation).copy() for continuation in continuations]
         logits: list[np.ndarray] = []
         for start in range(0, len(continuations), rows):
-            logits += self._step_rows(state, continuations[start:start + rows])
+            logits += self._run_rows(state, continuations[start:start + rows])
         return logits
 
     def fit_to_grid(self, rgb: np.ndarray) -> np.ndarray:
@@ -268,17 +275,21 @@ class Engine:
     def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
         """The package's decoder, rewritten (graph.py) to compute only the last position's
         logits, the only ones ever read; in a package built for CUDA, to give them as
-        float32; and on the CPU to run the gated norm's scalar kernel as vectorized
-        operators. A graph the rewrites do not know runs as it is."""
+        float32; on the CPU to run the gated norm's scalar kernel as vectorized operators;
+        and for ``rows``, to take a batch of rows. A graph the first rewrites do not know runs
+        as it is; one that cannot take rows fails the load."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
                     *(["--float32-logits"] if self.manifest.target == "cuda" else []),
-                    *(["--cpu-ops"] if self.device == "cpu" else [])]
+                    *(["--cpu-ops"] if self.device == "cpu" else []),
+                    *(["--rows"] if self.rows else [])]
         if not rewrites:
             return self._session(filename, profile=profile)
         path = self.package / filename
         rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path), *rewrites], capture_output=True)
         if rewrite.returncode != 0:
             said = rewrite.stderr.decode(errors="replace").strip().splitlines()
+            if self.rows:
+                raise EngineError(f"the decoder cannot take rows: {said[-1] if said else rewrite.returncode}")
             log.warning("running the decoder as the package gives it", rewrites=rewrites,
                         reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
             return self._session(filename, profile=profile)
@@ -429,46 +440,44 @@ class Engine:
         if len(ids) >= TRIM_AFTER_TOKENS:
             release_free_memory()
 
-    def _step_rows(self, state: State, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """A batch of forks of ``state``, a row per continuation, stepped a token at a time.
-        A row that has ended repeats its last token until the longest ends: its logits were
-        taken at its own end, and what follows never reaches them."""
+    def _run_rows(self, state: State, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Forks of ``state`` as the rows of one batch, one decoder call for all: a row shorter
+        than the longest is padded at its end, which the attention mask leaves out, and is
+        read at its own last token (the graph's ``--rows`` rewrite). What the padding does to
+        a row's state comes after that token, and the rows' states are not kept."""
         rows = [[*state.pending, *(int(t) for t in continuation)] for continuation in continuations]
         if not all(rows):
             raise EngineError("nothing to run: a continuation is empty")
         width, count = max(map(len, rows)), len(rows)
         self._check_room(state, width - len(state.pending))
+        used = len(state.tokens)
         ids = np.asarray([row + row[-1:] * (width - len(row)) for row in rows], dtype=np.int64)
-        tensors: dict[str, Any] = {name: np.repeat(value, count, axis=0) for name, value in state.arrays().items()}
-        logits: list[np.ndarray | None] = [None] * count
-        for step in range(width):
-            binding = self.decoder.io_binding()
-            feeds = {"attention_mask": np.ones((count, len(state.tokens) + step + 1), dtype=np.int64),
-                     "position_ids": np.full((3, count, 1), state.next_position + step, dtype=np.int64)}
-            column = ids[:, step:step + 1]
-            if self.multimodal:
-                feeds["inputs_embeds"] = self._embed_rows(column)
+        mask = np.zeros((count, used + width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            mask[index, :used + len(row)] = 1
+        feeds = {"attention_mask": mask,
+                 "position_ids": np.ascontiguousarray(np.broadcast_to(
+                     np.arange(state.next_position, state.next_position + width), (3, count, width)))}
+        if self.multimodal:
+            feeds["inputs_embeds"] = self._embed_rows(ids)
+        else:
+            feeds["input_ids"] = ids
+        feeds.update((name, np.repeat(value, count, axis=0)) for name, value in state.arrays().items())
+        binding = self.decoder.io_binding()
+        for name, value in feeds.items():  # the arrays outlive the run: onnxruntime may read them in place
+            binding.bind_cpu_input(name, value)
+        logits = np.empty((count, 1, self._logits_row), dtype=np.float32) if self._logits_row else None
+        for name in self._outputs:
+            if name == "logits" and logits is not None:
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(logits))
             else:
-                feeds["input_ids"] = np.ascontiguousarray(column)
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            for name, value in tensors.items():
-                if isinstance(value, np.ndarray):
-                    binding.bind_cpu_input(name, value)
-                else:
-                    binding.bind_ortvalue_input(name, value)
-            for name in self._outputs:
                 binding.bind_output(name, "cpu" if name == "logits" else self.device)
-            self.decoder.run_with_iobinding(binding)
-            outputs = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-            step_logits = _float32(outputs.pop("logits").numpy()[:, -1])
-            for row, tokens in enumerate(rows):
-                if len(tokens) - 1 == step:
-                    logits[row] = step_logits[row].copy()
-            tensors = {self._past_of[name]: value for name, value in outputs.items()}
-            self.counters.decoder_runs += 1
+        self.decoder.run_with_iobinding(binding)
+        if logits is None:
+            logits = _float32(dict(zip(self._outputs, binding.get_outputs(), strict=True))["logits"].numpy())
+        self.counters.decoder_runs += 1
         self.counters.tokens_run += sum(map(len, rows))
-        return logits  # type: ignore[return-value]
+        return [row[-1].copy() for row in logits]
 
     def _make_room(self, state: State, adding: int) -> bool:
         """Whether this call writes the KV caches in place: the state owns them and they have

@@ -1,5 +1,5 @@
 """The decoder graph as the engine runs it: the package's graph, rewritten in a child process
-(``python -m edged.engine.graph DECODER [--last-logits] [--float32-logits] [--cpu-ops]``) so
+(``python -m edged.engine.graph DECODER [--last-logits] [--float32-logits] [--cpu-ops] [--rows]``) so
 that the daemon need not carry the onnx module (11 MB) for the rest of its life. The weights
 are not touched: the rewritten graph, held in memory, reads the package's own external data
 file.
@@ -30,6 +30,14 @@ resumed still gives exactly the tokens the engine gives from scratch. CUDA's ker
 fused already: the engine asks for this on the CPU only. (CausalConvWithState is a scalar
 loop too, but written as standard operators it took 50 MB more at its peak for no gain
 beyond the machine's noise: docs/engine.md.)
+
+``--rows``: forks of one state as the rows of a batch, each a prompt of several tokens over
+the state's past, in one call (``Engine.fork_logits``). onnxruntime's CPU GroupQueryAttention
+refuses that ("batch_size must be 1 when sequence_length > 1 and past context is given"), so
+each one runs under an If: a batch of one takes it as before (a decode step still writes its
+KV cache in place), a batch of several takes ONNX's Attention (opset 23, grouped heads) with a
+causal mask over past and prompt. Rows shorter than the longest end with padding, which the
+attention mask counts out: the lm_head reads each row at its last counted token.
 """
 
 from __future__ import annotations
@@ -52,11 +60,13 @@ class GraphError(Exception):
 
 
 def rewritten_decoder(path: Path, last_logits: bool = False, cpu_ops: bool = False,
-                      float32_logits: bool = False) -> bytes:
+                      float32_logits: bool = False, rows: bool = False) -> bytes:
     """The decoder at ``path``, serialized, with the rewrites asked for."""
     model = onnx.load(str(path), load_external_data=False)
     if last_logits:
         _cut_to_last_logits(model.graph)
+    if rows:
+        _batched_rows(model)
     if float32_logits:
         _float32_logits(model.graph)
     if cpu_ops:
@@ -98,6 +108,131 @@ def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onn
         found = node.op_type if node is not None else "a graph input"
         raise GraphError(f"the decoder's logits do not come from a matrix product (found {found})")
     return node
+
+
+# -- a batch of rows over a past ------------------------------------------------------------
+
+
+def _batched_rows(model: onnx.ModelProto) -> None:
+    """Each GroupQueryAttention under an If on the batch's size, and the logits read at each
+    row's own end. A batch of one runs the graph it ran before, kernel for kernel."""
+    graph = model.graph
+    if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
+        raise GraphError("the decoder has no GroupQueryAttention to run rows with")
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 23)  # ONNX's Attention, with grouped heads
+    inputs = {value.name: value for value in graph.input}
+    rows_of = "inputs_embeds" if "inputs_embeds" in inputs else "input_ids"
+    if "attention_mask" not in inputs:
+        raise GraphError("the decoder has no attention_mask input")
+    graph.initializer.extend([
+        helper.make_tensor("edged/rows/0", TensorProto.INT64, [], [0]),
+        helper.make_tensor("edged/rows/1", TensorProto.INT64, [], [1]),
+        helper.make_tensor("edged/rows/[1]", TensorProto.INT64, [1], [1]),
+    ])
+    nodes = [
+        helper.make_node("Shape", [rows_of], ["edged/rows/count#"], name="edged/rows/Count", start=0, end=1),
+        helper.make_node("Squeeze", ["edged/rows/count#"], ["edged/rows/count"], name="edged/rows/Squeeze"),
+        helper.make_node("Greater", ["edged/rows/count", "edged/rows/1"], ["edged/rows/several"],
+                         name="edged/rows/Several"),
+    ]
+    for node in graph.node:
+        nodes.append(_attention_by_rows(node, inputs) if node.op_type == "GroupQueryAttention" else node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _pick_each_rows_last(graph, rows_of)
+
+
+def _attention_by_rows(node: onnx.NodeProto, inputs: dict[str, onnx.ValueInfoProto]) -> onnx.NodeProto:
+    """``node`` as it is for a batch of one row; for several, ONNX's Attention over the past,
+    each position seeing the past and the positions before it in its own row."""
+    attributes = _attributes(node)
+    if attributes.get("do_rotary") or attributes.get("local_window_size", -1) != -1:
+        raise GraphError("a GroupQueryAttention with its own rotary embedding or a local window")
+    query, key, value, past_key, past_value = node.input[:5]
+    name = f"edged/rows/{node.output[0]}"
+    kind = inputs[past_key].type.tensor_type.elem_type
+    scale = {"scale": attributes["scale"]} if attributes.get("scale") else {}
+    softcap = {"softcap": attributes["softcap"]} if attributes.get("softcap") else {}
+    several = [
+        helper.make_node("Shape", [query], [f"{name}/new#"], start=1, end=2),
+        helper.make_node("Squeeze", [f"{name}/new#"], [f"{name}/new"]),
+        helper.make_node("Shape", [past_key], [f"{name}/past#"], start=2, end=3),
+        helper.make_node("Squeeze", [f"{name}/past#"], [f"{name}/past"]),
+        helper.make_node("Add", [f"{name}/new", f"{name}/past"], [f"{name}/total"]),
+        helper.make_node("Range", ["edged/rows/0", f"{name}/new", "edged/rows/1"], [f"{name}/query_at"]),
+        helper.make_node("Add", [f"{name}/query_at", f"{name}/past"], [f"{name}/sees_to"]),
+        helper.make_node("Unsqueeze", [f"{name}/sees_to", "edged/rows/[1]"], [f"{name}/sees_to#"]),
+        helper.make_node("Range", ["edged/rows/0", f"{name}/total", "edged/rows/1"], [f"{name}/key_at"]),
+        helper.make_node("LessOrEqual", [f"{name}/key_at", f"{name}/sees_to#"], [f"{name}/causal"]),
+        helper.make_node("Attention", [query, key, value, f"{name}/causal", past_key, past_value],
+                         [f"{name}/several/{output}" for output in ("out", "key", "value")],
+                         q_num_heads=attributes["num_heads"], kv_num_heads=attributes["kv_num_heads"],
+                         **scale, **softcap),
+    ]
+    one = onnx.NodeProto()
+    one.CopyFrom(node)
+    one.output[:] = [f"{name}/one/{output}" for output in ("out", "key", "value")]
+
+    def branch(nodes: list[onnx.NodeProto], tag: str) -> onnx.GraphProto:
+        outputs = [helper.make_tensor_value_info(f"{name}/{tag}/{output}", kind, None)
+                   for output in ("out", "key", "value")]
+        return helper.make_graph(nodes, f"{name}/{tag}", [], outputs)
+
+    return helper.make_node("If", ["edged/rows/several"], list(node.output), name=f"{name}/If",
+                            then_branch=branch(several, "several"), else_branch=branch([one], "one"))
+
+
+def _pick_each_rows_last(graph: onnx.GraphProto, rows_of: str) -> None:
+    """The lm_head's input taken at each row's last token that the attention mask counts,
+    instead of at the last position of all: rows of different lengths end with padding."""
+    producer = {output: node for node in graph.node for output in node.output}
+    lm_head = _lm_head(producer, graph)
+    pick = producer.get(lm_head.input[0])
+    if pick is not None and pick.op_type == "Unsqueeze" and producer.get(pick.input[0]) is not None \
+            and producer[pick.input[0]].op_type == "Gather":
+        hidden = producer[pick.input[0]].input[0]  # the builder's pruned lm_head: Gather(-1), Unsqueeze
+    elif pick is not None and pick.op_type == "Slice":
+        hidden = pick.input[0]  # _cut_to_last_logits
+    else:
+        raise GraphError("the lm_head's input is not cut to the last position")
+    name = "edged/rows/last"
+    picked = [
+        helper.make_node("Shape", [rows_of], [f"{name}/new"], start=1, end=2),
+        helper.make_node("Shape", ["attention_mask"], [f"{name}/total"], start=1, end=2),
+        helper.make_node("ReduceSum", ["attention_mask", "edged/rows/[1]"], [f"{name}/counted"], keepdims=1),
+        helper.make_node("Sub", [f"{name}/counted", f"{name}/total"], [f"{name}/from_end"]),
+        helper.make_node("Add", [f"{name}/from_end", f"{name}/new"], [f"{name}/count"]),
+        helper.make_node("Sub", [f"{name}/count", "edged/rows/[1]"], [f"{name}/at"]),
+        helper.make_node("Unsqueeze", [f"{name}/at", "edged/rows/[1]"], [f"{name}/at#"]),
+        helper.make_node("Shape", [hidden], [f"{name}/rows"], start=0, end=1),
+        helper.make_node("Shape", [hidden], [f"{name}/width"], start=2, end=3),
+        helper.make_node("Concat", [f"{name}/rows", "edged/rows/[1]", f"{name}/width"], [f"{name}/shape"], axis=0),
+        helper.make_node("Expand", [f"{name}/at#", f"{name}/shape"], [f"{name}/indices"]),
+        helper.make_node("GatherElements", [hidden, f"{name}/indices"], [f"{name}/hidden"], axis=1),
+    ]
+    lm_head.input[0] = f"{name}/hidden"
+    for node in [pick] if pick.op_type == "Slice" else [pick, producer[pick.input[0]]]:
+        graph.node.remove(node)
+    read = _names_read(graph) | {output.name for output in graph.output}
+    for node in [node for node in graph.node if node.op_type == "Constant" and node.output[0] not in read]:
+        graph.node.remove(node)  # the builder's -1, which onnxruntime would warn of at every load
+    at = list(graph.node).index(lm_head)
+    for offset, node in enumerate(picked):
+        node.name = f"{name}/{node.output[0].rsplit('/', 1)[1]}"
+        graph.node.insert(at + offset, node)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value a node of ``graph`` or of its branches reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(attribute.g)
+    return names
 
 
 # -- logits as float32 ------------------------------------------------------------------------
@@ -170,9 +305,12 @@ def main() -> int:
     parser.add_argument("--last-logits", action="store_true", help="compute the logits at the last position only")
     parser.add_argument("--float32-logits", action="store_true", help="cast float16 logits to float32 in the graph")
     parser.add_argument("--cpu-ops", action="store_true", help="GatedRMSNorm as the vectorized operators it computes")
+    parser.add_argument("--rows", action="store_true",
+                        help="take a batch of rows of several tokens over a past, each read at its own end")
     args = parser.parse_args()
     try:
-        sys.stdout.buffer.write(rewritten_decoder(args.decoder, args.last_logits, args.cpu_ops, args.float32_logits))
+        sys.stdout.buffer.write(rewritten_decoder(args.decoder, args.last_logits, args.cpu_ops, args.float32_logits,
+                                                  args.rows))
     except GraphError as error:
         print(error, file=sys.stderr)
         return 3
