@@ -152,6 +152,8 @@ def _attention_by_rows(node: onnx.NodeProto, inputs: dict[str, onnx.ValueInfoPro
         raise GraphError("a GroupQueryAttention with its own rotary embedding or a local window")
     query, key, value, past_key, past_value = node.input[:5]
     name = f"edged/rows/{node.output[0]}"
+    if past_key not in inputs:
+        raise GraphError(f"a GroupQueryAttention's past key ({past_key}) is not an input of the decoder")
     kind = inputs[past_key].type.tensor_type.elem_type
     scale = {"scale": attributes["scale"]} if attributes.get("scale") else {}
     softcap = {"softcap": attributes["softcap"]} if attributes.get("softcap") else {}
