@@ -115,7 +115,8 @@ def _lm_head(producer: dict[str, onnx.NodeProto], graph: onnx.GraphProto) -> onn
 
 def _batched_rows(model: onnx.ModelProto) -> None:
     """Each GroupQueryAttention under an If on the batch's size, and the logits read at each
-    row's own end. A batch of one runs the graph it ran before, kernel for kernel."""
+    row's own end. A batch of one computes what it did before, bit for bit: the same kernels,
+    but for the operator that picks its last position."""
     graph = model.graph
     if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
         raise GraphError("the decoder has no GroupQueryAttention to run rows with")
