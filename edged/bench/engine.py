@@ -385,13 +385,13 @@ def _rules_seconds(package: Path, threads: int, work: Workload, repeats: int,
         read = engine.new_state()
         engine.extend_prompt(read, work.image_head, [work.picture])
         tails = [engine.encode(tail) for tail in work.rule_tails]
-        engine.fork_logits(read, tails, rows=len(tails))
+        timed = best_in_turn({"sequential": {"rules": lambda: seconds(lambda: engine.fork_logits(read, tails))},
+                              "batched": {"rules": lambda: seconds(lambda: engine.fork_logits(read, tails,
+                                                                                              rows=len(tails)))}},
+                             repeats)
     except Exception as error:  # onnxruntime's errors are not of one class
         progress(f"rules as one batch: not measured, the batch did not run ({str(error).strip()})")
         return {"rules_sequential": float("nan"), "rules_batched": float("nan")}
-    timed = best_in_turn({"sequential": {"rules": lambda: seconds(lambda: engine.fork_logits(read, tails))},
-                          "batched": {"rules": lambda: seconds(lambda: engine.fork_logits(read, tails, rows=len(tails)))}},
-                         repeats)
     return {"rules_sequential": timed["sequential"]["rules"], "rules_batched": timed["batched"]["rules"]}
 
 

@@ -466,15 +466,12 @@ class Engine:
         binding = self.decoder.io_binding()
         for name, value in feeds.items():  # the arrays outlive the run: onnxruntime may read them in place
             binding.bind_cpu_input(name, value)
-        logits = np.empty((count, 1, self._logits_row), dtype=np.float32) if self._logits_row else None
-        for name in self._outputs:
-            if name == "logits" and logits is not None:
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(logits))
-            else:
-                binding.bind_output(name, "cpu" if name == "logits" else self.device)
+        for name in self._past_of:
+            binding.bind_output(name, self.device)
+        logits = self._bind_logits(binding, count)
         self.decoder.run_with_iobinding(binding)
         if logits is None:
-            logits = _float32(dict(zip(self._outputs, binding.get_outputs(), strict=True))["logits"].numpy())
+            logits = _float32(binding.get_outputs()[-1].numpy())  # bound last
         self.counters.decoder_runs += 1
         self.counters.tokens_run += sum(map(len, rows))
         return [row[-1].copy() for row in logits]
@@ -546,11 +543,7 @@ class Engine:
             feeds["input_ids"] = np.asarray([ids], dtype=np.int64)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        logits = None if self._logits_row is None else np.empty((1, 1, self._logits_row), dtype=np.float32)
-        if logits is not None:
-            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        else:
-            binding.bind_output("logits", self.device)
+        logits = self._bind_logits(binding, 1)
         self.decoder.run_with_iobinding(binding)
         if logits is None or not all_in_place:
             outputs = dict(zip([*past_of, "logits"], binding.get_outputs(), strict=True))  # the order bound
@@ -565,6 +558,16 @@ class Engine:
         state.pending = []
         self.counters.decoder_runs += 1
         self.counters.tokens_run += len(ids)
+
+    def _bind_logits(self, binding: ort.IOBinding, rows: int) -> np.ndarray | None:
+        """The logits bound as the last output: float32 logits of one position straight into
+        the array returned; any others where the decoder computes them (None returned)."""
+        if self._logits_row is None:
+            binding.bind_output("logits", self.device)
+            return None
+        logits = np.empty((rows, 1, self._logits_row), dtype=np.float32)
+        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        return logits
 
     @staticmethod
     def _reusable_binding(state: State) -> ort.IOBinding | None:
