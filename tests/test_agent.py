@@ -402,11 +402,13 @@ def test_a_frame_whose_rules_started_in_time_has_every_rule_run_on_it(start_daem
     """The deadline is for starting a frame's work. Once the read is made, every rule runs on
     it even when that takes the frame past stale_after_s: a large model on a small board
     reads a frame for longer than the deadline, and dropping the rules after the first left
-    it with no frame whose rules all ran."""
+    it with no frame whose rules all ran. So too when they run as batches (5, 5, 5, then 1)."""
     rules = "".join(f'[[cameras.front.rules]]\nid = "rule{n}"\nwhen = "Is there a thing number {n}"\n'
                     for n in range(16))
     stale_after_s = 0.04
     config = write_config(tmp_path / "edged.toml", f"""
+[model]
+rules_per_batch = 5
 [agent]
 stale_after_s = {stale_after_s}
 [cameras.front]
@@ -422,6 +424,7 @@ gate_threshold = 0.0
     evaluations = {rule.evaluations for rule in status.rules["front"]}
     assert len(evaluations) == 1, status.rules["front"]  # each frame: all of its rules, or none
     assert status.frame_to_rules_ms > stale_after_s * 1000  # the last rules ran past the deadline, as they should
+    assert "rules_per_batch=5" in daemon.log()
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
 
@@ -718,3 +721,88 @@ def test_a_question_between_the_pieces_of_a_frames_read_uses_the_cameras_last_fi
     assert engine.counters.images_encoded == encoded
     assert memory.newest_read("door", tasks, reuse_within_s=0.5).provenance.frame_seq == 3
     assert engine.counters.images_encoded == encoded + 1
+
+
+def test_a_frames_rules_in_batches_feed_each_tracker_what_one_rule_at_a_time_does() -> None:
+    """``[model] rules_per_batch``: a frame's rules go through the decoder that many to a call,
+    as the rows of a batch. Each rule's P(yes), and so its events, are those of one rule at a
+    time to the last bits of a float; waiting questions get in before each call; and a batch
+    that fails leaves the rules one at a time from then on, the frame's rules all still run."""
+    import structlog
+
+    from conftest import BUNDLED
+
+    from edged.agent.rules import RuleTracker
+    from edged.agent.tasks import FrameTasks, load_engine
+    from edged.bus.schema import RuleConfig
+    from edged.capture.frame import Frame
+    from edged.engine.engine import Engine
+    from edged.models.model_settings import ModelConfig
+
+    engine = load_engine(BUNDLED / "vl-fp32", ModelConfig(rules_per_batch=3))
+    assert engine.rows
+    whens = ["Is a person at the door", "Is it dark", "Is a red car parked in the driveway next to the gate",
+             "Is a dog in the yard", "Rain"]
+    rules = [RuleConfig(id=f"rule{n}", when=when, on_threshold=0.0, off_threshold=0.0, consecutive=1)
+             for n, when in enumerate(whens)]
+    rgb = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
+    frame = Frame(rgb, "door", 1, time.monotonic(), time.time())
+
+    def run(tasks: FrameTasks) -> tuple[list, list[float], int, int]:
+        read = tasks.read(frame)
+        trackers = [RuleTracker(rule) for rule in rules]
+        calls_before, between = engine.counters.decoder_runs, []
+        events = list(tasks.evaluate_rules(read, trackers, between=lambda: between.append(1)))
+        return events, [tracker.probability for tracker in trackers], engine.counters.decoder_runs - calls_before, len(between)
+
+    one_events, one_probabilities, one_calls, one_between = run(FrameTasks(engine, "You watch the door."))
+    batched = FrameTasks(engine, "You watch the door.", rules_per_batch=3)
+    events, probabilities, calls, between = run(batched)
+    assert (one_calls, one_between) == (5, 5) and (calls, between) == (2, 2)  # 3 rules, then 2, to a call
+    np.testing.assert_allclose(probabilities, one_probabilities, atol=1e-5, rtol=0)
+    assert [(e.rule, e.phase) for e in events] == [(e.rule, e.phase) for e in one_events] == \
+        [(rule.id, "begin") for rule in rules]
+    assert len(set(one_probabilities)) == len(rules)  # five rules, five answers: the rows were not mixed up
+
+    def failing_batch(state, continuations):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Attention node")
+
+    engine._run_rows = failing_batch
+    with structlog.testing.capture_logs() as logs:
+        events, probabilities, calls, between = run(batched)
+    assert batched.rules_per_batch == 1 and (calls, between) == (5, 2)  # the failed batch, then one rule at a time
+    np.testing.assert_array_equal(probabilities, one_probabilities)
+    assert [e.rule for e in events] == [rule.id for rule in rules]
+    assert any("run one after another" in log["event"] and "Attention node" in log["reason"] for log in logs)
+
+    plain = FrameTasks(Engine(BUNDLED / "vl-fp32"), "You watch the door.", rules_per_batch=3)
+    assert plain.rules_per_batch == 1  # an engine not loaded for rows runs the rules one at a time
+
+
+def test_a_decoder_that_cannot_take_batches_loads_as_it_is_and_the_rules_run_one_at_a_time(tmp_path: Path) -> None:
+    """A decoder the rows rewrite does not know (here one whose attention keeps a local
+    window) loads as the package gives it when rules_per_batch asks for batches: the daemon
+    starts, says why in its log, and runs the rules one after another."""
+    import shutil
+
+    import onnx
+    import structlog
+
+    from conftest import BUNDLED
+
+    from edged.agent.tasks import FrameTasks, load_engine
+    from edged.models.model_settings import ModelConfig
+
+    package = tmp_path / "vl-fp32"
+    shutil.copytree(BUNDLED / "vl-fp32", package)
+    decoder = onnx.load(str(package / "decoder" / "model.onnx"), load_external_data=False)
+    for node in decoder.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            next(a for a in node.attribute if a.name == "local_window_size").i = 64
+    onnx.save(decoder, str(package / "decoder" / "model.onnx"))
+    with structlog.testing.capture_logs() as logs:
+        engine = load_engine(package, ModelConfig(rules_per_batch=4))
+    assert not engine.rows
+    assert FrameTasks(engine, "You watch the door.", rules_per_batch=4).rules_per_batch == 1
+    warning = next(log for log in logs if "did not load for batches" in log["event"])
+    assert "local window" in warning["reason"]

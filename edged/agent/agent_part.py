@@ -29,7 +29,7 @@ from edged.agent.memory import AgentMemory
 from edged.agent.requests import AgentRequests
 from edged.agent.rules import trackers_for
 from edged.agent.scheduler import ASK, CONTROL, DESCRIBE, DETECT, RULES, Job, JobQueue, RoundRobin
-from edged.agent.tasks import Cancelled, FrameTasks
+from edged.agent.tasks import Cancelled, FrameTasks, load_engine
 from edged.bus.schema import ErrorEvent, InferenceFigures, Request
 from edged.bus.server import Respond
 from edged.capture.capture_part import CapturePart
@@ -103,13 +103,13 @@ class AgentPart:
                 "copy the package anew), then start edged", EX_DATAERR) from None
         if hashed:
             log.info("model package verified", package=str(choice.path), files_hashed=hashed)
-        self.engine = Engine(choice.path, threads=model.threads, max_length=model.max_length,
-                             spin=model.spin_choice)
+        self.engine = load_engine(choice.path, model)
         self.engine_loads += 1
         prefixes = PrefixStore(state_dir, self.engine.fingerprint, self.engine.device)
         self._tasks = FrameTasks(
             self.engine, self._settings.agent.system_prompt, prefixes,
-            on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)))
+            on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)),
+            rules_per_batch=model.rules_per_batch)
         self._sessions = SessionStore(state_dir, self.engine.fingerprint, self._settings.state.budget_mb << 20,
                                       self.engine.device)
         self._requests.bind(self.engine, self._tasks, self._sessions)
@@ -117,7 +117,8 @@ class AgentPart:
         log.info("agent ready", model=choice.path.name, cameras=len(self._memory.trackers),
                  rules=sum(map(len, self._memory.trackers.values())), cores=usable_cores(),
                  free_cores=self.engine.free_cores,
-                 threads_wait="spinning" if self.engine.spin else "sleeping")
+                 threads_wait="spinning" if self.engine.spin else "sleeping",
+                 rules_per_batch=self._tasks.rules_per_batch)
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
@@ -278,13 +279,10 @@ class AgentPart:
             return  # the camera's rules were removed after this job was queued: no read needed
         questions = partial(self._let_waiting_work_in, RULES)
         read = self._memory.read(frame, self._tasks, questions)
-        for tracker in trackers:
-            questions()
-            event = self._tasks.evaluate_rule(read, tracker)
-            if event is not None:
-                self._publish("rule", frame, event)
-                log.info("rule event", camera=frame.camera, rule=event.rule, phase=event.phase,
-                         probability=round(event.probability, 3))
+        for event in self._tasks.evaluate_rules(read, trackers, between=questions):
+            self._publish("rule", frame, event)
+            log.info("rule event", camera=frame.camera, rule=event.rule, phase=event.phase,
+                     probability=round(event.probability, 3))
         self._frame_to_rules_ms = round((time.monotonic() - frame.monotonic) * 1000, 1)
 
     def _detect_periodically(self, camera: str) -> None:

@@ -101,10 +101,9 @@ def replay(frames: Iterator[Frame], tasks: FrameTasks, config: CameraTasksConfig
             summary.events += 1
             emit(ReplayEvent(clip_s, kind, frame.camera, data, round((time.perf_counter() - started) * 1000, 1)))
 
-        for tracker in trackers:
-            read = read or tasks.read(frame)
-            rule_event = tasks.evaluate_rule(read, tracker)
-            if rule_event is not None:
+        if trackers:
+            read = tasks.read(frame)
+            for rule_event in tasks.evaluate_rules(read, trackers):
                 event("rule", rule_event)
         for task in periods.due(frame.camera, config, clip_s):
             periods.ran(frame.camera, task, clip_s)

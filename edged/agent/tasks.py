@@ -11,22 +11,27 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from edged.agent.rules import RuleTracker
 from edged.bus.schema import Description, DetectedObject, Detection, Provenance, RuleConfig, RuleEvent
 from edged.capture.frame import Frame
 from edged.engine.engine import Engine, GenerationOptions
-from edged.engine.errors import Cancelled
+from edged.engine.errors import Cancelled, EngineError
 from edged.engine.generation import Generation
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, conversation, rule_question, system_turn
 from edged.engine.sampling import SamplingOptions
 from edged.engine.state import State
 from edged.engine.store import PrefixStore
+from edged.models.model_settings import ModelConfig
+
+log = structlog.get_logger()
 
 DESCRIBE_PROMPT = "Describe the scene in one sentence."
 
@@ -52,12 +57,35 @@ def prompt_version(system_prompt: str) -> str:
     return hashlib.sha256(system_prompt.encode()).hexdigest()[:8]
 
 
+def load_engine(package: Path, model: ModelConfig) -> Engine:
+    """The engine as ``[model]`` configures it. For ``rules_per_batch`` above 1 its decoder is
+    loaded to take batches of rows; one that cannot (a graph the rewrite does not know, a
+    provider without ONNX's Attention) loads as it is, and the rules run one after another."""
+    rows = model.rules_per_batch > 1
+    try:
+        return Engine(package, threads=model.threads, max_length=model.max_length, spin=model.spin_choice, rows=rows)
+    except Exception as error:  # onnxruntime's errors are not of one class
+        if not rows:
+            raise
+        log.warning("a frame's rules run one after another: the decoder did not load for batches",
+                    rules_per_batch=model.rules_per_batch, reason=_last_line(error))
+    return Engine(package, threads=model.threads, max_length=model.max_length, spin=model.spin_choice)
+
+
+def _last_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
 class FrameTasks:
     """One engine and the system prompt's state; not thread-safe (one inference thread)."""
 
     def __init__(self, engine: Engine, system_prompt: str, prefixes: PrefixStore | None = None,
-                 on_prefix_error: Callable[[OSError], None] = lambda error: None) -> None:
+                 on_prefix_error: Callable[[OSError], None] = lambda error: None, rules_per_batch: int = 1) -> None:
         self.engine = engine
+        self.rules_per_batch = rules_per_batch if engine.rows else 1
+        """How many of a frame's rules run in one decoder call: 1 unless the engine was loaded
+        for rows, and 1 from the first batch that fails."""
         self.figures = Figures()
         self._prefixes = prefixes
         self._on_prefix_error = on_prefix_error
@@ -105,9 +133,39 @@ class FrameTasks:
         if turns:
             self.engine.extend_prompt(state, conversation(turns, user_turn_open))
 
-    def rule_probability(self, read: ReadFrame, rule: RuleConfig) -> float:
-        """P(yes) for the rule's condition on this frame: one extend, no generation."""
-        return self.probability_of_yes(self.engine.extend_prompt(read.state.fork(), rule_question(rule.when) + ANSWER))
+    def evaluate_rules(self, read: ReadFrame, trackers: list[RuleTracker],
+                       between: Callable[[], None] | None = None) -> Iterator[RuleEvent]:
+        """Feed each tracker its rule's P(yes) on this frame (at the frame's time): one
+        extend on a fork of the read, no generation, ``rules_per_batch`` rules to a decoder
+        call. Yields the events that causes as each call's rules are fed; ``between`` runs
+        before each call (the daemon lets waiting questions in)."""
+        step = self.rules_per_batch
+        for start in range(0, len(trackers), step):
+            if between is not None:
+                between()
+            batch = trackers[start:start + step]
+            for tracker, probability in zip(batch, self._rule_probabilities(read, [t.rule for t in batch])):
+                phase = tracker.update(probability, read.frame.monotonic)
+                if phase is not None:
+                    rule = tracker.rule
+                    yield RuleEvent(rule=rule.id, version=rule.version, phase=phase, probability=round(probability, 4),
+                                    provenance=read.provenance.model_copy(update={"prompt_version": rule.version}))
+
+    def _rule_probabilities(self, read: ReadFrame, rules: list[RuleConfig]) -> list[float]:
+        continuations = [self.engine.encode(rule_question(rule.when) + ANSWER) for rule in rules]
+        if len(rules) > 1:
+            try:
+                logits = self.engine.fork_logits(read.state, continuations, rows=len(rules))
+            except (EngineError, Cancelled):
+                raise  # what one rule at a time would meet too (a full context, a stop)
+            except Exception as error:  # onnxruntime's errors are not of one class
+                log.warning("a frame's rules run one after another from now: their batch failed",
+                            rules=len(rules), reason=_last_line(error))
+                self.rules_per_batch = 1
+                logits = self.engine.fork_logits(read.state, continuations)
+        else:
+            logits = self.engine.fork_logits(read.state, continuations)
+        return [self.probability_of_yes(row) for row in logits]
 
     def probability_of_yes(self, logits: np.ndarray) -> float:
         """P(yes) against P(no) from the logits after a yes-or-no question."""
@@ -115,17 +173,6 @@ class FrameTasks:
         yes = np.exp(logits[self._yes] - top).sum()
         no = np.exp(logits[self._no] - top).sum()
         return float(yes / (yes + no))
-
-    def evaluate_rule(self, read: ReadFrame, tracker: RuleTracker) -> RuleEvent | None:
-        """Feed the rule's P(yes) on this frame to its tracker (at the frame's time); the
-        event that causes, if any."""
-        probability = self.rule_probability(read, tracker.rule)
-        phase = tracker.update(probability, read.frame.monotonic)
-        if phase is None:
-            return None
-        rule = tracker.rule
-        return RuleEvent(rule=rule.id, version=rule.version, phase=phase, probability=round(probability, 4),
-                         provenance=read.provenance.model_copy(update={"prompt_version": rule.version}))
 
     def describe(self, read: ReadFrame, cancel: threading.Event | None = None,
                  between: Callable[[], None] | None = None) -> Description:

@@ -35,10 +35,9 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from edged.agent.tasks import FrameTasks
+    from edged.agent.tasks import FrameTasks, load_engine
     from edged.capture.sources import SourceError
     from edged.commands.options import settings_and_model
-    from edged.engine.engine import Engine
 
     settings, package = settings_and_model(args)
     cameras = settings.cameras
@@ -53,8 +52,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"edged replay: camera {name!r} has no rules, detect_every_s or describe_every_s: nothing to run",
               file=sys.stderr)
         return 2
-    engine = Engine(package, threads=settings.model.threads, max_length=settings.model.max_length)
-    tasks = FrameTasks(engine, settings.agent.system_prompt)
+    engine = load_engine(package, settings.model)
+    tasks = FrameTasks(engine, settings.agent.system_prompt, rules_per_batch=settings.model.rules_per_batch)
     summary = ReplaySummary()
     next_progress = time.monotonic() + PROGRESS_EVERY_S
 
