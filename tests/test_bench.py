@@ -32,6 +32,7 @@ def test_bench_engine_runs_and_reports_every_figure() -> None:
     table = edged("bench", "engine", "--model", str(TINY / "text-int4"), "--repeats", "1", "--no-contended", timeout=300)
     assert table.returncode == 0, table.stderr
     assert "decode tok/s" in table.stdout and "one core kept busy" not in table.stdout
+    assert "rules on a read frame" not in table.stdout  # a text package reads no frame
 
 
 def test_bench_engine_says_what_llama_cpp_needs(tmp_path) -> None:
