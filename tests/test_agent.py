@@ -781,8 +781,8 @@ def test_a_frames_rules_in_batches_feed_each_tracker_what_one_rule_at_a_time_doe
 
 def test_a_decoder_that_cannot_take_batches_loads_as_it_is_and_the_rules_run_one_at_a_time(tmp_path: Path) -> None:
     """A decoder the rows rewrite does not know (here one whose attention keeps a local
-    window) loads as the package gives it when rules_per_batch asks for batches: the daemon
-    starts, says why in its log, and runs the rules one after another."""
+    window) loads as the package gives it when rules_per_batch asks for batches: the engine
+    the daemon starts with runs, the log says why, and the rules run one after another."""
     import shutil
 
     import onnx
