@@ -191,3 +191,25 @@ def test_the_sides_of_a_comparison_take_turns_and_each_counts_its_fastest_run() 
                             "og": {name: run("og", name) for name in ("decode", "prefill")}}, repeats=2)
     assert fastest == {"edged": {"decode": 3.0, "prefill": 6.0, "only": 1.0}, "og": {"decode": 2.0, "prefill": 8.0}}
     assert order[5:] == ["edged/decode", "og/decode", "edged/prefill", "og/prefill", "edged/only"] * 2  # after the warm-ups
+
+
+def test_each_side_of_a_comparison_runs_alone_in_its_own_process_and_says_why_it_failed(tmp_path: Path) -> None:
+    """bench engine loads edged and og.Generator each in a process of its own (sides.py):
+    loaded into one process, the one loaded second ran faster. A side's figures run there on
+    the parent's call; a side that cannot load says why, and its process ends with it."""
+    from edged.bench.engine import SIDE, Workload
+    from edged.bench.sides import SideProcess
+    from edged.engine.engine import Engine
+
+    package = TINY / "vl-int4"
+    work = Workload.for_engine(Engine(package), None)
+    with SideProcess(SIDE, "edged", package, 1, work) as ours, SideProcess(SIDE, "og", package, 1, work) as og:
+        assert {"decode", "prefill", "ttft", "fanout"} <= set(ours.figures) and set(og.figures) == set(ours.figures)
+        assert isinstance(ours.fact, bool) and og.fact is None  # whether edged's threads spin
+        assert ours.figures["decode"]() > 0 and og.figures["prefill"]() > 0
+        children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+        assert str(ours._process.pid) in children and str(og._process.pid) in children
+    assert ours._process.poll() == 0 and og._process.poll() == 0  # closed with the comparison
+    with pytest.raises(RuntimeError, match="edged-model.json|manifest") as failed:
+        SideProcess(SIDE, "edged", tmp_path, 1, work)
+    assert "a bench side failed" in str(failed.value)

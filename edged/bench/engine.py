@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.bench.children import dies_with_parent
+from edged.bench.sides import SideProcess
 from edged.bench.timing import best, best_in_turn, seconds
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
@@ -209,8 +210,10 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     # configured. (With the threads overlaid, og ran a CUDA package's vision encoder on the
     # CPU, where it has no kernel, even with the package's provider options in the overlay.)
     og_threads = threads if engine.device == "cpu" else None
-    timed = best_in_turn({"edged": _edged_timings(engine, work), "og": _og_timings(OgRunner(package, None), work),
-                          "og_same_threads": _og_timings(OgRunner(package, og_threads), work)}, repeats)
+    with SideProcess(SIDE, "edged", package, threads, work) as ours_alone, \
+            SideProcess(SIDE, "og", package, None, work) as og, SideProcess(SIDE, "og", package, og_threads, work) as og_same_threads:
+        timed = best_in_turn({"edged": ours_alone.figures, "og": og.figures, "og_same_threads": og_same_threads.figures},
+                             repeats)
     progress("edged alone")
     ours = {**timed["edged"], **_edged_seconds(engine, work, repeats)}
     theirs, same_threads = ({"fanout": float("nan"), **timed[side]} for side in ("og", "og_same_threads"))
@@ -287,17 +290,14 @@ def cpu_description() -> str:
 def _add_contended(bench: EngineBench, package: Path, threads: int, work: Workload, repeats: int) -> None:
     """Decode for edged and og-as-configured while a process keeps one core busy, each loaded
     under that load (as on a board where the camera and other services run first)."""
-    from edged.engine.engine import Engine
-
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=dies_with_parent)
     try:
         time.sleep(0.5)
-        engine = Engine(package, threads=threads, max_length=1024)
-        bench.contended_spin = engine.spin
-        timed = best_in_turn({"edged": {"decode": _edged_decode(engine, work)},
-                              "og": {"decode": _og_decode(OgRunner(package, None), work)}}, repeats)
+        with SideProcess(SIDE, "edged", package, threads, work) as edged, SideProcess(SIDE, "og", package, None, work) as og:
+            bench.contended_spin = edged.fact
+            timed = best_in_turn({"edged": {"decode": edged.figures["decode"]}, "og": {"decode": og.figures["decode"]}},
+                                 repeats)
         ours, theirs = timed["edged"]["decode"], timed["og"]["decode"]
-        del engine
     finally:
         busy.kill()
         busy.wait()
@@ -341,6 +341,22 @@ def _add_llama(bench: EngineBench, checkpoint: Path, threads: int, token_ids: di
     bench.llama_decode_ratio = round(bench.decode_tok_s / k_m["decode_tok_s"], 2)
     bench.llama_prefill_ratio = round(k_m["prefill_128_s"] / bench.prefill_128_s, 2)
     bench.llama_prefill_512_ratio = round(k_m["prefill_512_s"] / bench.prefill_512_s, 2)
+
+
+SIDE = "edged.bench.engine:side_timings"
+"""What a side's process (sides.SideProcess) runs."""
+
+
+def side_timings(kind: str, package: Path, threads: int | None, work: Workload) -> tuple[dict[str, Callable[[], float]],
+                                                                                          bool | None]:
+    """A side of the comparison, loaded alone: "edged" (an Engine at ``threads``; and whether
+    its threads spin) or "og" (og.Generator: ``threads`` None as the package configures it)."""
+    if kind == "edged":
+        from edged.engine.engine import Engine
+
+        engine = Engine(package, threads=threads, max_length=1024)
+        return _edged_timings(engine, work), engine.spin
+    return _og_timings(OgRunner(package, threads), work), None
 
 
 def _edged_timings(engine, work: Workload) -> dict[str, Callable[[], float]]:
