@@ -203,7 +203,8 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     one core kept busy."""
     from edged.engine.engine import Engine
 
-    progress("edged, og.Generator as configured and og.Generator at edged's threads, in turn")
+    progress("edged, og.Generator as configured and og.Generator at edged's threads, each in a process of its own, "
+             "in turn")
     engine = Engine(package, threads=threads, max_length=1024)
     work = Workload.for_engine(engine, image)
     # On a GPU the threads are not what runs the model: og "at edged's threads" is og as

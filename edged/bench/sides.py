@@ -29,8 +29,9 @@ class SideProcess:
 
     def __init__(self, factory: str, *args: Any) -> None:
         ours, theirs = socket.socketpair()
+        # Whatever a side prints goes to the bench's stderr: its stdout may be the --json report.
         self._process = subprocess.Popen([sys.executable, "-m", "edged.bench.sides", str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], preexec_fn=dies_with_parent)
+                                         pass_fds=[theirs.fileno()], stdout=2, preexec_fn=dies_with_parent)
         theirs.close()
         self._connection = Connection(ours.detach())
         self._connection.send((factory, args))
