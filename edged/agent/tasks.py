@@ -61,15 +61,16 @@ def load_engine(package: Path, model: ModelConfig) -> Engine:
     """The engine as ``[model]`` configures it. For ``rules_per_batch`` above 1 its decoder is
     loaded to take batches of rows; one that cannot (a graph the rewrite does not know, a
     provider without ONNX's Attention) loads as it is, and the rules run one after another."""
-    rows = model.rules_per_batch > 1
-    try:
+    def load(rows: bool) -> Engine:
         return Engine(package, threads=model.threads, max_length=model.max_length, spin=model.spin_choice, rows=rows)
-    except Exception as error:  # onnxruntime's errors are not of one class
-        if not rows:
-            raise
-        log.warning("a frame's rules run one after another: the decoder did not load for batches",
-                    rules_per_batch=model.rules_per_batch, reason=_last_line(error))
-    return Engine(package, threads=model.threads, max_length=model.max_length, spin=model.spin_choice)
+
+    if model.rules_per_batch > 1:
+        try:
+            return load(rows=True)
+        except Exception as error:  # onnxruntime's errors are not of one class
+            log.warning("a frame's rules run one after another: the decoder did not load for batches",
+                        rules_per_batch=model.rules_per_batch, reason=_last_line(error))
+    return load(rows=False)
 
 
 def _last_line(error: Exception) -> str:
@@ -155,17 +156,15 @@ class FrameTasks:
         continuations = [self.engine.encode(rule_question(rule.when) + ANSWER) for rule in rules]
         if len(rules) > 1:
             try:
-                logits = self.engine.fork_logits(read.state, continuations, rows=len(rules))
+                batched = self.engine.fork_logits(read.state, continuations, rows=len(rules))
+                return [self.probability_of_yes(row) for row in batched]
             except (EngineError, Cancelled):
                 raise  # what one rule at a time would meet too (a full context, a stop)
             except Exception as error:  # onnxruntime's errors are not of one class
                 log.warning("a frame's rules run one after another from now: their batch failed",
                             rules=len(rules), reason=_last_line(error))
                 self.rules_per_batch = 1
-                logits = self.engine.fork_logits(read.state, continuations)
-        else:
-            logits = self.engine.fork_logits(read.state, continuations)
-        return [self.probability_of_yes(row) for row in logits]
+        return [self.probability_of_yes(row) for row in self.engine.fork_logits(read.state, continuations)]
 
     def probability_of_yes(self, logits: np.ndarray) -> float:
         """P(yes) against P(no) from the logits after a yes-or-no question."""
