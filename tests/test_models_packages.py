@@ -128,6 +128,13 @@ def test_list_shows_size_ram_and_marks_the_pick(models_dir: Path) -> None:
     assert not rows["edged-tiny-vl-fp32"].startswith("*")
     assert f"{needs['vl-fp32']} MiB" in rows["edged-tiny-vl-fp32"]
     assert f'[model] path = "auto": {models_dir}/text-int4' in result.stdout
+    assert rows["edged-tiny-text-int4"].split()[2] == "int4" and rows["edged-tiny-vl-fp32"].split()[1] == "fp32"
+
+    # A package built with --block-size 128 says so where its weights are listed.
+    manifest = models_dir / "text-int4/edged-model.json"
+    manifest.write_text(manifest.read_text().replace('"block_size": 32', '"block_size": 128'))
+    listed = edged("models", "list", "--set", f"model.models_dir={models_dir}").stdout
+    assert "int4-b128" in next(line for line in listed.splitlines() if "edged-tiny-text-int4" in line).split()
 
 
 def test_list_catalog_names_every_known_model() -> None:
@@ -270,11 +277,17 @@ def test_a_file_missing_on_the_server_leaves_nothing_behind(server: PackageServe
 
 
 @pytest.mark.parametrize("flags, said", [(["--precision", "fp16"], "fp16 is for --target cuda"),
-                                         (["--precision", "fp32", "--target", "cuda"], "fp32 is for --target cpu")])
+                                         (["--precision", "fp32", "--target", "cuda"], "fp32 is for --target cpu"),
+                                         (["--precision", "fp32", "--block-size", "64"], "--block-size is for int4"),
+                                         (["--block-size", "128"], "--block-size 128 does not divide the model's "
+                                                                   "hidden size (64)")])
 def test_build_refuses_a_decoder_its_target_cannot_load_before_doing_any_work(tmp_path: Path, flags: list[str],
                                                                               said: str) -> None:
     """ORT GenAI 0.18's builder makes Qwen3.5 decoders that do not load as CPU fp16 and as
-    CUDA fp32 (seen on an H200): refused up front, with what to use instead."""
+    CUDA fp32 (seen on an H200): refused up front, with what to use instead. So are int4
+    blocks for float weights, and blocks that do not divide the hidden size (the token table,
+    which the embedding shares, is cut into blocks along it)."""
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 64}, "vision_config": {}}))
     result = edged("models", "build", str(tmp_path), "--out", str(tmp_path / "pkg"), *flags)
     assert result.returncode == 1
     assert said in result.stderr

@@ -191,6 +191,46 @@ def test_int4_multimodal_package_embeds_text_exactly_as_the_text_package(rebuilt
     assert table < (rebuilt / "vl-fp32/embedding/model.onnx.data").stat().st_size / 4
 
 
+def test_int4_weights_in_larger_blocks_build_a_smaller_package_that_reads_text_and_pictures(
+        rebuilt: Path, tmp_path: Path) -> None:
+    """`--block-size 64`: every int4 matrix, the token table the embedding shares included,
+    keeps one scale per 64 weights instead of 32, and the manifest says so."""
+    import onnx
+
+    from edged.engine.engine import Engine, GenerationOptions
+    from edged.engine.prompt_format import ANSWER, USER_IMAGE
+    from edged.recipe.build import BuildOptions, build_package
+
+    def blocks(model: Path) -> set[tuple[str, int]]:
+        graph = onnx.load(str(model), load_external_data=False).graph
+        return {(node.op_type, onnx.helper.get_attribute_value(attribute)) for node in graph.node
+                for attribute in node.attribute if attribute.name == "block_size"}
+
+    built = {kind: build_package(rebuilt / "checkpoint", tmp_path / kind, BuildOptions(text_only=kind == "text",
+                                                                                     block_size=64),
+                                 progress=lambda _: None) for kind in ("text", "vl")}
+    assert built["vl"].block_size == built["text"].block_size == 64
+    assert json.loads((rebuilt / "vl-int4/edged-model.json").read_text())["block_size"] == 32
+    assert json.loads((rebuilt / "vl-fp32/edged-model.json").read_text())["block_size"] is None
+    assert blocks(tmp_path / "vl/decoder/model.onnx") == {("MatMulNBits", 64)}
+    assert blocks(tmp_path / "vl/embedding/model.onnx") == {("GatherBlockQuantized", 64)}
+    assert blocks(rebuilt / "vl-int4/decoder/model.onnx") == {("MatMulNBits", 32)}
+    decoder_bytes = [(package / "decoder/model.onnx.data").stat().st_size for package in (tmp_path / "vl", rebuilt / "vl-int4")]
+    assert decoder_bytes[0] < decoder_bytes[1]
+
+    # The embedding reads the decoder's table in its blocks: the text it embeds is the text package's.
+    text_ids, text_tokens, text_logits = og_greedy(tmp_path / "text")
+    vl_ids, vl_tokens, vl_logits = og_greedy(tmp_path / "vl")
+    assert (vl_ids, vl_tokens) == (text_ids, text_tokens)
+    np.testing.assert_allclose(vl_logits, text_logits, atol=1e-5, rtol=0)
+    # And the engine reads a picture with it, and answers.
+    engine = Engine(tmp_path / "vl")
+    state = engine.new_state()
+    rgb = (np.random.default_rng(7).random((64, 96, 3)) * 255).astype(np.uint8)
+    engine.extend_prompt(state, USER_IMAGE + "What is there?" + ANSWER, [engine.fit_to_grid(rgb)])
+    assert len(engine.generate(state, GenerationOptions(max_tokens=4)).run().tokens) >= 1
+
+
 @pytest.mark.parametrize(("size", "billions"), [("0.8b", 0.8), ("2b", 2.0), ("4b", 4.0)])
 def test_a_random_benchmark_model_is_as_large_as_the_model_it_is_named_after(size: str, billions: float) -> None:
     # The benchmark sizes stand in for the published checkpoints in every figure of

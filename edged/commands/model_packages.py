@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ BUILD_EPILOG = """\
 examples:
   edged models build Qwen/Qwen3.5-0.8B --out qwen3.5-0.8b-int4-cpu
   edged models build ./Qwen3.5-2B --out pkg --precision int4 --target cuda
+  edged models build Qwen/Qwen3.5-0.8B --out fast --block-size 128   # faster, coarser int4
   edged models build --tiny --out tiny          # the random test model: 4 small packages
   edged models build --size 0.8b --out bench    # random weights at 0.8B's size (7 GB RAM)
   edged models build --size 4b --out bench4b    # at 4B's (24 GB RAM, 11 minutes on 2 cores)
@@ -54,6 +56,10 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     build.add_argument("--vision-precision", choices=["int8", "fp32"],
                        help="vision encoder weights on a CPU (default int8 with int4: 0.77x the encode time, "
                        "a quarter of the size, image features at cosine 0.998 of fp32)")
+    build.add_argument("--block-size", type=int, choices=[32, 64, 128], metavar="{32,64,128}",
+                       help="int4 weights: how many share one scale (default 32, as ORT GenAI's builder and "
+                       "llama.cpp's Q4_0; 128: at 0.8B on 2 cores 1.3x the decode and prompt speed and 130 MiB "
+                       "less memory, each weight rounded a fifth further off: check answers on your model)")
     build.add_argument("--name", help="package name (default: from SOURCE, precision and target)")
     build.add_argument("--tiny", action="store_true", help="build the random tiny test model instead of SOURCE")
     build.add_argument("--size", choices=["tiny", "0.8b", "2b", "4b"],
@@ -107,7 +113,14 @@ def _build(args: argparse.Namespace) -> int:
         print("edged models build: give a SOURCE checkpoint, or --tiny / --size for a random model", file=sys.stderr)
         return 2
     try:
-        from edged.recipe.build import BuildError, BuildOptions, build_package, build_random_packages, fetch_checkpoint
+        from edged.recipe.build import (
+            DEFAULT_BLOCK_SIZE,
+            BuildError,
+            BuildOptions,
+            build_package,
+            build_random_packages,
+            fetch_checkpoint,
+        )
     except ImportError:
         print(f"edged models build: {BUILD_EXTRA_HINT}", file=sys.stderr)
         return 1
@@ -121,15 +134,16 @@ def _build(args: argparse.Namespace) -> int:
                 return 2
             manifests = build_random_packages(args.out, size, _progress, keep_checkpoint=args.keep_checkpoint,
                                               all_logits=args.all_logits, vision_precision=args.vision_precision,
-                                              target=args.target or "cpu")
+                                              target=args.target or "cpu",
+                                              block_size=args.block_size or DEFAULT_BLOCK_SIZE)
             for manifest in manifests:
                 print(f"{manifest.name}: {manifest.size_bytes / 1e6:.1f} MB, fingerprint {manifest.fingerprint[:16]}")
             return 0
-        precision, target = args.precision or "int4", args.target or "cpu"
-        name = args.name or f"{Path(args.source.rstrip('/')).name.lower()}-{'text-' if args.text_only else ''}{precision}-{target}"
-        options = BuildOptions(precision=precision, target=target, text_only=args.text_only,
-                               all_logits=args.all_logits, name=name, source_label=args.source,
-                               vision_precision=args.vision_precision)
+        options = BuildOptions(precision=args.precision or "int4", target=args.target or "cpu", text_only=args.text_only,
+                               all_logits=args.all_logits, source_label=args.source,
+                               vision_precision=args.vision_precision, block_size=args.block_size or DEFAULT_BLOCK_SIZE)
+        options = replace(options, name=args.name or f"{Path(args.source.rstrip('/')).name.lower()}-"
+                                                     f"{'text-' if args.text_only else ''}{options.weights}-{options.target}")
         checkpoint = fetch_checkpoint(args.source, _progress)
         manifest = build_package(checkpoint, args.out, options, _progress)
     except ImportError as error:
@@ -187,7 +201,7 @@ def _list(args: argparse.Namespace) -> int:
         for package in packages:
             mark = "*" if package.path.resolve() == chosen else " "
             manifest = package.manifest
-            print(f"{mark} {manifest.name:<32} {manifest.precision:<9} {manifest.target:<6} "
+            print(f"{mark} {manifest.name:<32} {manifest.weights:<9} {manifest.target:<6} "
                   f"{manifest.size_bytes / 1e6:>6.1f} MB {package.ram_mb:>6} MiB")
     print(f"  bundled: {BUNDLED_PACKAGE} (the tiny test model)" + (" *" if chosen == BUNDLED_PACKAGE.resolve() else ""))
     print(f'[model] path = "{config.path}": ' + (f"{chosen} ({why})" if chosen else why))

@@ -25,6 +25,11 @@ Target = Literal["cpu", "cuda"]
 VisionPrecision = Literal["int8", "fp16", "fp32"]
 
 
+def weights_label(precision: Precision, block_size: int | None) -> str:
+    """The decoder's weights as names and listings say them: int4 (blocks of 32), int4-b128, fp32."""
+    return precision if block_size in (None, 32) else f"{precision}-b{block_size}"
+
+
 class PackageFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,9 +88,16 @@ class Manifest(BaseModel):
     vision: VisionPrecision | None = Field(
         default=None, description="the vision encoder's weights (int8: quantized by the recipe); none in a text "
         "package or one built before edged recorded it")
+    block_size: int | None = Field(
+        default=None, description="int4 weights: how many share one scale; none in a float package or one built "
+        "before edged recorded it (those are 32)")
     tools: dict[str, str] = Field(description="versions of the tools that built it")
     files: list[PackageFile]
     fingerprint: str
+
+    @property
+    def weights(self) -> str:
+        return weights_label(self.precision, self.block_size)
 
     @property
     def size_bytes(self) -> int:

@@ -36,12 +36,15 @@ from edged.models.manifest import (
     VisionPrecision,
     fingerprint,
     package_files,
+    weights_label,
     write_manifest,
 )
 from edged.recipe.vision import quantize_vision_encoder
 
 Progress = Callable[[str], None]
 DEFAULT_MAX_LENGTH = 2048
+DEFAULT_BLOCK_SIZE = 32
+BLOCK_SIZES = (32, 64, 128)
 TOOLS = ("edged", "onnxruntime-genai", "onnxruntime", "mobius-onnx", "onnx", "transformers", "torch")
 
 
@@ -59,6 +62,9 @@ class BuildOptions:
     source_label: str | None = None
     vision_precision: VisionPrecision | None = None
     """int8 or fp32 on a CPU; by default int8 for an int4 package (vision.py), else as mobius writes it."""
+    block_size: int = DEFAULT_BLOCK_SIZE
+    """int4 weights: how many share one scale. 32 is the builder's default and llama.cpp Q4_0's;
+    128 decodes faster on a CPU (docs/engine.md, "int4 blocks") with coarser weights."""
 
     @property
     def vision(self) -> VisionPrecision:
@@ -68,6 +74,10 @@ class BuildOptions:
         if self.target == "cuda" and self.precision != "fp32":
             return "fp16"
         return "int8" if self.precision == "int4" else "fp32"
+
+    @property
+    def weights(self) -> str:
+        return weights_label(self.precision, self.block_size)
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.target == "cpu":
@@ -84,13 +94,22 @@ class BuildOptions:
             )
         if self.vision_precision is not None and self.target == "cuda":
             raise BuildError("--vision-precision is for --target cpu: a CUDA package's vision encoder is fp16")
+        if self.block_size not in BLOCK_SIZES:
+            raise BuildError(f"--block-size {self.block_size}: choose one of {', '.join(map(str, BLOCK_SIZES))}")
+        if self.block_size != DEFAULT_BLOCK_SIZE and self.precision != "int4":
+            raise BuildError(f"--block-size is for int4 weights; {self.precision} weights have no blocks")
 
 
 def build_package(checkpoint: Path, out: Path, options: BuildOptions, progress: Progress = print) -> Manifest:
     """Build a package from a local checkpoint folder into ``out`` (replaced atomically)."""
     hf_config = json.loads((checkpoint / "config.json").read_text())
     vision = "vision_config" in hf_config and not options.text_only
-    name = options.name or f"{checkpoint.name.lower()}-{'' if vision else 'text-'}{options.precision}-{options.target}"
+    hidden_size = hf_config.get("text_config", hf_config)["hidden_size"]
+    if options.precision == "int4" and hidden_size % options.block_size:
+        # The token table is quantized along the hidden size, and the embedding shares it.
+        raise BuildError(f"--block-size {options.block_size} does not divide the model's hidden size "
+                         f"({hidden_size}): choose a block size that does")
+    name = options.name or f"{checkpoint.name.lower()}-{'' if vision else 'text-'}{options.weights}-{options.target}"
     staging = out.with_name(f".building-{out.name}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -141,6 +160,7 @@ def _build_into(
         target=options.target,
         modalities=["text", "image"] if vision else ["text"],
         lm_head="all" if options.all_logits else "last",
+        block_size=options.block_size if options.precision == "int4" else None,
         vision=options.vision if vision else None,
         tools={tool: _version(tool) for tool in TOOLS},
         files=files,
@@ -164,6 +184,8 @@ def _run(command: list[str], log: Path, what: str) -> None:
 def _run_builder(checkpoint: Path, work: Path, options: BuildOptions, exclude_embeds: bool) -> Path:
     out = work / "builder"
     extra = [f"exclude_embeds={str(exclude_embeds).lower()}", f"prune_lm_head={str(not options.all_logits).lower()}"]
+    if options.precision == "int4":
+        extra.append(f"block_size={options.block_size}")
     _run(
         [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
          "-p", options.precision, "-e", options.target, "-c", str(work / "builder-cache"),
@@ -348,10 +370,10 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
 
 def build_random_packages(out: Path, size: str, progress: Progress = print, keep_checkpoint: bool = False,
                           all_logits: bool = False, vision_precision: VisionPrecision | None = None,
-                          target: Target = "cpu") -> list[Manifest]:
+                          target: Target = "cpu", block_size: int = DEFAULT_BLOCK_SIZE) -> list[Manifest]:
     """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders, for
     ``target``'s execution provider: for CUDA every package computes in float16, and the
-    float ones are fp16 (text-fp16, vl-fp16)."""
+    float ones are fp16 (text-fp16, vl-fp16). ``block_size`` applies to the int4 packages."""
     from dataclasses import replace
 
     from edged.recipe.checkpoint import SEED, build_checkpoint
@@ -366,9 +388,11 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
             if target == "cuda" and options.precision == "fp32":  # CUDA's float is fp16 (BuildOptions)
                 folder, options = folder.replace("fp32", "fp16"), replace(options, precision="fp16", target=target)
             progress(f"package {folder}")
-            name = f"edged-{size}-{folder}" + ("" if target == "cpu" else f"-{target}")
+            blocks = block_size if options.precision == "int4" else DEFAULT_BLOCK_SIZE
+            name = f"edged-{size}-{folder}" + ("" if blocks == DEFAULT_BLOCK_SIZE else f"-b{blocks}") + (
+                "" if target == "cpu" else f"-{target}")
             named = replace(options, name=name, target=target, source_label=f"random {size} checkpoint, seed {SEED}",
-                            all_logits=all_logits, vision_precision=vision_precision)
+                            all_logits=all_logits, vision_precision=vision_precision, block_size=blocks)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
     return manifests
 
