@@ -25,9 +25,13 @@ Target = Literal["cpu", "cuda"]
 VisionPrecision = Literal["int8", "fp16", "fp32"]
 
 
+DEFAULT_BLOCK_SIZE = 32
+"""How many int4 weights share a scale unless a build says otherwise (the builder's default)."""
+
+
 def weights_label(precision: Precision, block_size: int | None) -> str:
     """The decoder's weights as names and listings say them: int4 (blocks of 32), int4-b128, fp32."""
-    return precision if block_size in (None, 32) else f"{precision}-b{block_size}"
+    return precision if block_size in (None, DEFAULT_BLOCK_SIZE) else f"{precision}-b{block_size}"
 
 
 class PackageFile(BaseModel):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.models.manifest import (
+    DEFAULT_BLOCK_SIZE,
     Architecture,
     Manifest,
     Precision,
@@ -43,7 +44,6 @@ from edged.recipe.vision import quantize_vision_encoder
 
 Progress = Callable[[str], None]
 DEFAULT_MAX_LENGTH = 2048
-DEFAULT_BLOCK_SIZE = 32
 BLOCK_SIZES = (32, 64, 128)
 TOOLS = ("edged", "onnxruntime-genai", "onnxruntime", "mobius-onnx", "onnx", "transformers", "torch")
 
@@ -104,11 +104,12 @@ def build_package(checkpoint: Path, out: Path, options: BuildOptions, progress: 
     """Build a package from a local checkpoint folder into ``out`` (replaced atomically)."""
     hf_config = json.loads((checkpoint / "config.json").read_text())
     vision = "vision_config" in hf_config and not options.text_only
-    hidden_size = hf_config.get("text_config", hf_config)["hidden_size"]
-    if options.precision == "int4" and hidden_size % options.block_size:
-        # The token table is quantized along the hidden size, and the embedding shares it.
-        raise BuildError(f"--block-size {options.block_size} does not divide the model's hidden size "
-                         f"({hidden_size}): choose a block size that does")
+    if options.precision == "int4":
+        hidden_size = hf_config.get("text_config", hf_config)["hidden_size"]
+        if hidden_size % options.block_size:
+            # The token table is quantized along the hidden size, and the embedding shares it.
+            raise BuildError(f"--block-size {options.block_size} does not divide the model's hidden size "
+                             f"({hidden_size}): choose a block size that does")
     name = options.name or f"{checkpoint.name.lower()}-{'' if vision else 'text-'}{options.weights}-{options.target}"
     staging = out.with_name(f".building-{out.name}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -389,8 +390,8 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
                 folder, options = folder.replace("fp32", "fp16"), replace(options, precision="fp16", target=target)
             progress(f"package {folder}")
             blocks = block_size if options.precision == "int4" else DEFAULT_BLOCK_SIZE
-            name = f"edged-{size}-{folder}" + ("" if blocks == DEFAULT_BLOCK_SIZE else f"-b{blocks}") + (
-                "" if target == "cpu" else f"-{target}")
+            weights = folder.removesuffix(options.precision) + weights_label(options.precision, blocks)
+            name = f"edged-{size}-{weights}" + ("" if target == "cpu" else f"-{target}")
             named = replace(options, name=name, target=target, source_label=f"random {size} checkpoint, seed {SEED}",
                             all_logits=all_logits, vision_precision=vision_precision, block_size=blocks)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
