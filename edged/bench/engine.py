@@ -25,6 +25,7 @@ from edged.bench.sides import SideProcess
 from edged.bench.timing import best, best_in_turn, seconds
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
+from edged.models.manifest import read_manifest
 
 RULES = [
     "Is a person standing at the door", "Is a car parked in the driveway", "Is there a package on the step",
@@ -74,6 +75,8 @@ class EngineBench:
     frame_prep_ratio: float = float("nan")
     cpu: str = ""
     """The CPU's model name and vector extensions: machines of one kind differ up to 2x."""
+    weights: str = ""
+    """The decoder's weights as the manifest says them: int4, int4-b128 (docs/engine.md, "int4 blocks"), fp32."""
     prefill_512_s: float = float("nan")
     contended_decode_tok_s: float = float("nan")
     """Decode while another process keeps one core busy, the engine loaded under that load."""
@@ -256,7 +259,8 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         peak_rss_more_prompts_mb=peak_later, og_peak_rss_more_prompts_mb=og_peak_later,
         frame_prep_ms=round(ours["frame_prep"] * 1000, 2), png_frame_prep_ms=round(ours["png_frame_prep"] * 1000, 2),
         frame_prep_ratio=round(ours["png_frame_prep"] / ours["frame_prep"], 1),
-        cpu=cpu_description(), spin=spin, prefill_512_s=round(ours["prefill_512"], 4),
+        cpu=cpu_description(), weights=read_manifest(package).weights, spin=spin,
+        prefill_512_s=round(ours["prefill_512"], 4),
         decode_long_tok_s=round(1 / ours["decode_long"], 1), og_decode_long_tok_s=round(1 / theirs["decode_long"], 1),
         decode_long_ratio=ratio("decode_long", theirs),
         og_same_threads_decode_long_tok_s=round(1 / same_threads["decode_long"], 1),
@@ -599,7 +603,7 @@ def format_table(bench: EngineBench) -> str:
          bench.og_peak_rss_more_prompts_mb, round(bench.og_peak_rss_more_prompts_mb / bench.peak_rss_more_prompts_mb, 2)),
     ]
     waiting = "" if bench.spin is None else f", threads {'spinning' if bench.spin else 'sleeping'} while they wait"
-    lines = [f"edged bench engine: {bench.model}, {threads} threads{waiting}, {bench.cpu}",
+    lines = [f"edged bench engine: {bench.model} ({bench.weights} weights), {threads} threads{waiting}, {bench.cpu}",
              f"{'':36} {'edged':>9} {same:>9} {'ratio':>6}  {'goal':<7} {'og as is':>9} {'ratio':>6}"]
     lines += [f"{name:36} {ours:>9} {og_same:>9} {ratio_same:>6}  {goal:<7} {og:>9} {ratio:>6}"
               for name, ours, og_same, ratio_same, goal, og, ratio in rows]
