@@ -25,7 +25,6 @@ from edged.bench.sides import SideProcess
 from edged.bench.timing import best, best_in_turn, seconds
 from edged.engine.prompt_format import ANSWER, USER_IMAGE, rule_question, system_turn, user_turn
 from edged.images import encode_png, write_png
-from edged.models.manifest import read_manifest
 
 RULES = [
     "Is a person standing at the door", "Is a car parked in the driveway", "Is there a package on the step",
@@ -223,7 +222,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     theirs, same_threads = ({"fanout": float("nan"), **timed[side]} for side in ("og", "og_same_threads"))
     token_ids = {"decode_prompt": engine.encode(work.decode_prompt), "prefill_128": engine.encode(work.prefill_prompt),
                  "prefill_512": engine.encode(work.prefill_512_prompt)}
-    multimodal, spin = engine.multimodal, engine.spin
+    multimodal, spin, weights = engine.multimodal, engine.spin, engine.manifest.weights
     del engine
     progress("8 rules one after another and as one batch")
     ours.update(_rules_seconds(package, threads, work, repeats, progress) if multimodal
@@ -259,7 +258,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         peak_rss_more_prompts_mb=peak_later, og_peak_rss_more_prompts_mb=og_peak_later,
         frame_prep_ms=round(ours["frame_prep"] * 1000, 2), png_frame_prep_ms=round(ours["png_frame_prep"] * 1000, 2),
         frame_prep_ratio=round(ours["png_frame_prep"] / ours["frame_prep"], 1),
-        cpu=cpu_description(), weights=read_manifest(package).weights, spin=spin,
+        cpu=cpu_description(), weights=weights, spin=spin,
         prefill_512_s=round(ours["prefill_512"], 4),
         decode_long_tok_s=round(1 / ours["decode_long"], 1), og_decode_long_tok_s=round(1 / theirs["decode_long"], 1),
         decode_long_ratio=ratio("decode_long", theirs),

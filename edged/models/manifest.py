@@ -27,6 +27,7 @@ VisionPrecision = Literal["int8", "fp16", "fp32"]
 
 DEFAULT_BLOCK_SIZE = 32
 """How many int4 weights share a scale unless a build says otherwise (the builder's default)."""
+BLOCK_SIZES = (32, 64, 128)
 
 
 def weights_label(precision: Precision, block_size: int | None) -> str:

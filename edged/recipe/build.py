@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.models.manifest import (
+    BLOCK_SIZES,
     DEFAULT_BLOCK_SIZE,
     Architecture,
     Manifest,
@@ -44,7 +45,6 @@ from edged.recipe.vision import quantize_vision_encoder
 
 Progress = Callable[[str], None]
 DEFAULT_MAX_LENGTH = 2048
-BLOCK_SIZES = (32, 64, 128)
 TOOLS = ("edged", "onnxruntime-genai", "onnxruntime", "mobius-onnx", "onnx", "transformers", "torch")
 
 
