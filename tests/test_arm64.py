@@ -57,13 +57,14 @@ def test_install_sh_installs_a_working_edged_on_arm64(arm64_proof: Path) -> None
 
 @pytest.mark.root
 @pytest.mark.own_python
-def test_fp32_gives_the_same_tokens_on_arm64_and_int4_logits_stay_within_tolerance(arm64_proof: Path,
-                                                                                   here: dict) -> None:
+@pytest.mark.parametrize("int4", ["text-int4", "text-int4-b64"])
+def test_fp32_gives_the_same_tokens_on_arm64_and_int4_logits_stay_within_tolerance(arm64_proof: Path, here: dict,
+                                                                                   int4: str) -> None:
     arm = json.loads((arm64_proof / "platform.json").read_text())
     assert arm["text-fp32"]["tokens"] == here["text-fp32"]["tokens"]
     assert np.allclose(arm["text-fp32"]["logits"], here["text-fp32"]["logits"], atol=1e-4)
-    arm_logits, here_logits = np.array(arm["text-int4"]["logits"]), np.array(here["text-int4"]["logits"])
+    arm_logits, here_logits = np.array(arm[int4]["logits"]), np.array(here[int4]["logits"])
     worst = np.abs(arm_logits - here_logits).max() / here_logits.std()
-    assert worst <= INT4_LOGIT_TOLERANCE, f"int4 logits differ by {worst:.2f} standard deviations"
+    assert worst <= INT4_LOGIT_TOLERANCE, f"{int4} logits differ by {worst:.2f} standard deviations"
     assert np.corrcoef(arm_logits, here_logits)[0, 1] >= 0.99
-    assert arm["text-int4"]["tokens"][0] == here["text-int4"]["tokens"][0]  # later near-ties may flip
+    assert arm[int4]["tokens"][0] == here[int4]["tokens"][0]  # later near-ties may flip

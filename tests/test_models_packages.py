@@ -30,7 +30,7 @@ def package(tmp_path: Path) -> Path:
 
 
 def test_committed_tiny_packages_verify() -> None:
-    for name in ("text-fp32", "text-int4", "vl-fp32"):
+    for name in ("text-fp32", "text-int4", "text-int4-b64", "vl-fp32", "vl-int4"):
         result = edged("models", "verify", str(TINY / name))
         assert result.returncode == 0, result.stderr
         assert "files match" in result.stdout

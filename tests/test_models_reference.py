@@ -137,7 +137,7 @@ def test_int4_package_loads_and_generates(rebuilt: Path) -> None:
     assert np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-fp32", "vl-int4"])
+@pytest.mark.parametrize("package", ["text-fp32", "text-int4", "vl-fp32", "vl-int4", "text-int4-b64"])
 def test_committed_tiny_package_is_what_the_recipe_builds(rebuilt: Path, picture: Path, package: str) -> None:
     image = picture if package.startswith("vl") else None
     assert og_greedy(TINY / package, image=image)[1] == og_greedy(rebuilt / package, image=image)[1]

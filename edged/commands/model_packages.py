@@ -23,7 +23,7 @@ examples:
   edged models build Qwen/Qwen3.5-0.8B --out qwen3.5-0.8b-int4-cpu
   edged models build ./Qwen3.5-2B --out pkg --precision int4 --target cuda
   edged models build Qwen/Qwen3.5-0.8B --out fast --block-size 128   # faster, coarser int4
-  edged models build --tiny --out tiny          # the random test model: 4 small packages
+  edged models build --tiny --out tiny          # the random test model: 5 small packages
   edged models build --size 0.8b --out bench    # random weights at 0.8B's size (7 GB RAM)
   edged models build --size 4b --out bench4b    # at 4B's (24 GB RAM, 11 minutes on 2 cores)
   edged models build --size 0.8b --target cuda --out bench-cuda   # for a Jetson (float16)"""

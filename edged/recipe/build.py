@@ -358,6 +358,8 @@ RANDOM_PACKAGES: dict[str, list[tuple[str, BuildOptions]]] = {
         ("text-int4", BuildOptions(precision="int4", text_only=True)),
         ("vl-fp32", BuildOptions(precision="fp32")),
         ("vl-int4", BuildOptions(precision="int4")),
+        # Larger blocks run other kernels: every platform's proof checks them too (deploy/platform_check.py).
+        ("text-int4-b64", BuildOptions(precision="int4", text_only=True, block_size=64)),
     ],
     "0.8b": [
         ("text-int4", BuildOptions(precision="int4", text_only=True)),
@@ -374,7 +376,9 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
                           target: Target = "cpu", block_size: int = DEFAULT_BLOCK_SIZE) -> list[Manifest]:
     """A random checkpoint of ``size`` and its packages, as ``out/<package>`` folders, for
     ``target``'s execution provider: for CUDA every package computes in float16, and the
-    float ones are fp16 (text-fp16, vl-fp16). ``block_size`` applies to the int4 packages."""
+    float ones are fp16 (text-fp16, vl-fp16). ``block_size`` applies to the int4 packages
+    that do not name their own (the tiny set's text-int4-b64); one that would repeat another is
+    left out."""
     from dataclasses import replace
 
     from edged.recipe.checkpoint import SEED, build_checkpoint
@@ -388,10 +392,14 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
         for folder, options in RANDOM_PACKAGES[size]:
             if target == "cuda" and options.precision == "fp32":  # CUDA's float is fp16 (BuildOptions)
                 folder, options = folder.replace("fp32", "fp16"), replace(options, precision="fp16", target=target)
+            blocks = options.block_size
+            if options.precision == "int4" and blocks == DEFAULT_BLOCK_SIZE:
+                blocks = block_size
+            kind = "text" if options.text_only else "vl"
+            name = f"edged-{size}-{kind}-{weights_label(options.precision, blocks)}" + ("" if target == "cpu" else f"-{target}")
+            if any(manifest.name == name for manifest in manifests):
+                continue
             progress(f"package {folder}")
-            blocks = block_size if options.precision == "int4" else DEFAULT_BLOCK_SIZE
-            weights = folder.removesuffix(options.precision) + weights_label(options.precision, blocks)
-            name = f"edged-{size}-{weights}" + ("" if target == "cpu" else f"-{target}")
             named = replace(options, name=name, target=target, source_label=f"random {size} checkpoint, seed {SEED}",
                             all_logits=all_logits, vision_precision=vision_precision, block_size=blocks)
             manifests.append(build_package(checkpoint, out / folder, named, progress))
