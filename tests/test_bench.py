@@ -215,3 +215,17 @@ def test_each_side_of_a_comparison_runs_alone_in_its_own_process_and_says_why_it
     with pytest.raises(RuntimeError, match="edged-model.json|manifest") as failed:
         SideProcess(SIDE, "edged", tmp_path, 1, work)
     assert "a bench side failed" in str(failed.value)
+
+
+def test_bench_sides_are_loaded_in_both_orders_and_each_keeps_its_best(tmp_path, monkeypatch) -> None:
+    # Whichever engine loads first decodes slower on a virtual machine (bench/sides.py): a
+    # ratio from one loading would count that against the side the bench happened to load first.
+    from edged.bench.sides import best_loaded_both_ways
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    log = tmp_path / "loads"
+    sides = {"edged": ("edged", str(log), 2), "og": ("og", str(log), 2)}
+    timed, facts = best_loaded_both_ways("order_sensitive_side:side", sides, repeats=3, figures=["decode"])
+    assert log.read_text().split() == ["edged", "og", "og", "edged"]
+    assert timed == {"edged": {"decode": 1.0}, "og": {"decode": 1.0}}  # each loaded second once
+    assert facts == {"edged": "edged", "og": "og"}

@@ -22,10 +22,11 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         "twice: as the package configures it (what its users get) and told edged's thread count\n"
         "(the headline ratios); the three take turns at each figure, so a machine whose speed\n"
         "drifts slows them alike, and are loaded together (about three times the package's\n"
-        "memory). Then decode again while another process keeps a core busy; with\n"
-        "--float-vision, the package's vision encoder against a float32 one; with --against\n"
-        "llama.cpp, llama.cpp on the package's checkpoint. A few seconds on the\n"
-        "tiny model, 10 to 20 minutes on 0.8B.",
+        "memory), twice, in both orders, each keeping its best: on a virtual machine the\n"
+        "first process to load runs slower. Then decode again while another process keeps a\n"
+        "core busy; with --float-vision, the package's vision encoder against a float32 one;\n"
+        "with --against llama.cpp, llama.cpp on the package's checkpoint, the best of two\n"
+        "processes. A few seconds on the tiny model, 10 to 20 minutes on 0.8B.",
         epilog="example, at 0.8B:\n"
         "  edged models build --size 0.8b --out m --keep-checkpoint\n"
         "  edged models build --size 0.8b --out f32 --vision-precision fp32\n"
