@@ -35,7 +35,8 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
     )
     engine.add_argument("--model", type=Path, required=True, metavar="DIR", help="model package")
     engine.add_argument("--threads", type=int, default=0, help="edged's intra-op threads, and og's in its second run (0: all cores)")
-    engine.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best counts")
+    engine.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per figure, split between the two loadings of the sides; the best counts")
     engine.add_argument("--image", type=Path, help="picture for the fan-out (default: a 448x448 test pattern)")
     engine.add_argument("--float-vision", type=Path, metavar="DIR",
                         help="a package of the same checkpoint built with --vision-precision fp32")

@@ -396,7 +396,8 @@ def build_random_packages(out: Path, size: str, progress: Progress = print, keep
             if options.precision == "int4" and blocks == DEFAULT_BLOCK_SIZE:
                 blocks = block_size
             kind = "text" if options.text_only else "vl"
-            name = f"edged-{size}-{kind}-{weights_label(options.precision, blocks)}" + ("" if target == "cpu" else f"-{target}")
+            name = f"edged-{size}-{kind}-{weights_label(options.precision, blocks)}"
+            name += "" if target == "cpu" else f"-{target}"
             if any(manifest.name == name for manifest in manifests):
                 continue
             progress(f"package {folder}")
