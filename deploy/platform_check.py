@@ -4,8 +4,9 @@ emulation, deploy/arm64-proof.sh) and on a workstation, and compare.
     /opt/edged/venv/bin/python deploy/platform_check.py [--run] > platform.json
 
 For each bundled tiny text package (fp32, int4, and int4 in blocks of 64, whose larger
-blocks run other kernels): the greedy tokens of a fixed prompt and the first token's logits. With --run: ``edged run`` on a synthetic camera with one rule, timed
-to READY=1 and to its first rule event. fp32 results are the same on every CPU; int4 ones
+blocks run other kernels): the greedy tokens of a fixed prompt and the first token's
+logits. With --run: ``edged run`` on a synthetic camera with one rule, timed to READY=1 and
+to its first rule event. fp32 results are the same on every CPU; int4 ones
 are not exactly (MatMulNBits is computed by CPU-specific kernels), so compare their logits
 within a tolerance (docs/deploy.md).
 """
