@@ -921,6 +921,78 @@ def test_file_pages_read_once_are_released_and_written_ones_kept(tmp_path: Path)
     assert written == "b'xxx'"
 
 
+HUGE_PAGES_SCRIPT = """
+import ctypes, json, mmap, sys
+from pathlib import Path
+from edged.engine.memory import weights_on_huge_pages
+
+PAGE, MIB = mmap.PAGESIZE, 1 << 20
+libc = ctypes.CDLL(None)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+# [guard | weights, 10 MiB, all written | guard | sparse, 8 MiB, one page written | guard]: the guards
+# keep the kernel from merging either with its neighbours or with each other
+sizes = [PAGE, 10 * MIB, PAGE, 8 * MIB, PAGE]
+region = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+for i in (0, 2, 4):
+    assert libc.mprotect(base + offsets[i], sizes[i], 0) == 0  # PROT_NONE
+weights, sparse = offsets[1], offsets[3]
+pattern = bytes(range(251)) * (sizes[1] // 251) + bytes(sizes[1] % 251)
+region[weights:weights + sizes[1]] = pattern
+region[sparse] = 1
+
+def smaps_kib(offset, size):
+    # [Rss, AnonHugePages] of the mappings from base + offset on for size bytes: madvise
+    # splits a mapping where its advice changes
+    totals, inside = [0, 0], False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:
+            inside = base + offset <= int(head[0].split("-")[0], 16) < base + offset + size
+        elif inside and head[0] in ("Rss:", "AnonHugePages:"):
+            totals[head[0] == "AnonHugePages:"] += int(head[1])
+    return totals
+
+before = [smaps_kib(weights, sizes[1]), smaps_kib(sparse, sizes[3])]
+moved = weights_on_huge_pages(Path(sys.argv[1]))
+after = [smaps_kib(weights, sizes[1]), smaps_kib(sparse, sizes[3])]
+again = weights_on_huge_pages(Path(sys.argv[1]))
+print(json.dumps([moved, again, before, after, region[weights:weights + sizes[1]] == pattern]))
+"""
+
+
+def _huge_pages_run(thp: Path) -> list:
+    """MiB moved, MiB moved by a second call, then [Rss, AnonHugePages] in KiB of the written and
+    the sparse mapping before and after, and whether the written one reads as it was written."""
+    result = subprocess.run([sys.executable, "-c", HUGE_PAGES_SCRIPT, str(thp)], capture_output=True, text=True,
+                            check=True)
+    return json.loads(result.stdout)
+
+
+def test_loaded_weights_move_onto_huge_pages_and_nothing_else_does(tmp_path: Path) -> None:
+    """Needs Linux 6.1 or later with transparent huge pages not ``never`` (CI's machines):
+    memory.weights_on_huge_pages takes a fully resident anonymous mapping onto huge pages,
+    its contents and RSS unchanged, and leaves a mostly unused one (a thread's stack) alone."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage")
+    assert "[never]" not in (thp / "enabled").read_text(), "this test needs transparent huge pages"
+    huge_kib = int((thp / "hpage_pmd_size").read_text()) >> 10
+    moved, again, before, after, intact = _huge_pages_run(thp)
+    (weights_rss, weights_huge), (sparse_rss, sparse_huge) = after
+    assert intact
+    assert weights_huge >= 10 * 1024 - huge_kib  # every whole huge page inside the 10 MiB
+    assert moved >= weights_huge >> 10 and again == 0  # the interpreter has resident mappings too
+    assert weights_rss == before[0][0] == 10 * 1024  # nothing added to RSS
+    assert (sparse_rss, sparse_huge) == (before[1][0], 0)
+
+    never = tmp_path / "thp"
+    never.mkdir()
+    (never / "enabled").write_text("always madvise [never]\n")
+    (never / "hpage_pmd_size").write_text(f"{huge_kib << 10}\n")
+    moved, again, before, after, intact = _huge_pages_run(never)
+    assert moved == 0 and after == before and intact
+
+
 def test_stop_runs_ends_reads_with_cancelled_and_leaves_text_and_other_engines_working(picture: Path) -> None:
     """A stopping daemon tells its engine to stop runs: the vision encoder is one call with no
     piece to stop between (on a slow board or under emulation, longer than the stop may take),

@@ -118,6 +118,7 @@ class AgentPart:
                  rules=sum(map(len, self._memory.trackers.values())), cores=usable_cores(),
                  free_cores=self.engine.free_cores,
                  threads_wait="spinning" if self.engine.spin else "sleeping",
+                 weights_on_huge_pages_mib=self.engine.huge_page_mib,
                  rules_per_batch=self._tasks.rules_per_batch)
         self._thread.start()
 
