@@ -132,17 +132,22 @@ def weights_on_huge_pages(thp: Path = THP) -> int:
             return 0
         huge = int((thp / "hpage_pmd_size").read_text())
         smaps = Path("/proc/self/smaps").read_text()
-    except (OSError, ValueError):
+        before = _anonymous_huge_bytes()
+    except (OSError, ValueError, StopIteration):
         return 0
-    moved = 0
     for start, end, already_huge in _resident_anonymous_mappings(smaps):
         first, last = -(-start // huge) * huge, end // huge * huge
-        if last - first <= already_huge:
-            continue
-        _madvise(first, last - first, MADV_HUGEPAGE)
-        if _madvise(first, last - first, MADV_COLLAPSE) == 0:
-            moved += last - first - already_huge
-    return moved >> 20
+        if last - first > already_huge:
+            _madvise(first, last - first, MADV_HUGEPAGE)
+            # Its result is not the count: a range that fails in part (no free huge page at
+            # that moment) reports the failure but keeps what did move.
+            _madvise(first, last - first, MADV_COLLAPSE)
+    return max(0, _anonymous_huge_bytes() - before) >> 20
+
+
+def _anonymous_huge_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        return next(int(line.split()[1]) << 10 for line in rollup if line.startswith("AnonHugePages:"))
 
 
 def _resident_anonymous_mappings(smaps: str) -> list[tuple[int, int, int]]:
