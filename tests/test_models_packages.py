@@ -96,6 +96,21 @@ def test_auto_leaves_the_configured_headroom(models_dir: Path) -> None:
     assert choice.path == models_dir / "text-int4"
 
 
+def test_auto_counts_the_states_a_batch_of_rules_holds(models_dir: Path) -> None:
+    """With rules run several to a decoder call, each row's state is held twice while the
+    batch runs: `auto` must not pick a package that fits only one rule at a time."""
+    single = {p.path.name: p.ram_mb for p in installed_packages(models_dir, 2048)}
+    batched = {p.path.name: p.ram_mb for p in installed_packages(models_dir, 2048, rules_per_batch=8)}
+    short = batched["vl-fp32"] - 1  # enough for vl-fp32 one rule at a time, and for text-int4 batched
+    assert single["vl-fp32"] <= short and batched["text-int4"] <= short
+    assert choose_model(auto(models_dir), available_mb=short, targets=["cpu"]).path == models_dir / "vl-fp32"
+    config = ModelConfig(path="auto", models_dir=models_dir, headroom_mb=0, rules_per_batch=8)
+    assert choose_model(config, available_mb=short, targets=["cpu"]).path == models_dir / "text-int4"
+    assert choose_model(config, available_mb=short + 1, targets=["cpu"]).path == models_dir / "vl-fp32"
+    with pytest.raises(ModelSelectionError, match="max_length or rules_per_batch"):
+        choose_model(config, available_mb=100, targets=["cpu"])
+
+
 def test_auto_skips_packages_for_an_accelerator_this_device_lacks(models_dir: Path) -> None:
     manifest = models_dir / "vl-fp32/edged-model.json"
     manifest.write_text(manifest.read_text().replace('"target": "cpu"', '"target": "cuda"'))

@@ -183,13 +183,14 @@ def _list(args: argparse.Namespace) -> int:
                   f"{'yes' if entry.name in installed else ''}")
         return 0
     available = args.memory_mb if args.memory_mb is not None else available_memory_mb()
-    packages = installed_packages(config.models_dir, config.max_length)
+    packages = installed_packages(config.models_dir, config.max_length, config.rules_per_batch)
     try:
         choice = choose_model(config, available_mb=available)
         chosen, why = choice.path.resolve(), choice.reason
     except ModelSelectionError as error:
         chosen, why = None, str(error)
-    print(f"{config.models_dir}: {len(packages)} package(s); RAM for {config.max_length}-token states, "
+    batches = f" and rules {config.rules_per_batch} to a batch" if config.rules_per_batch > 1 else ""
+    print(f"{config.models_dir}: {len(packages)} package(s); RAM for {config.max_length}-token states{batches}, "
           f"{available} MiB available, {config.headroom_mb} MiB headroom")
     if packages:
         print(f"  {'NAME':<32} {'PRECISION':<9} {'TARGET':<6} {'SIZE':>9} {'RAM':>10}")

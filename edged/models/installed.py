@@ -21,6 +21,9 @@ weights (more than the file holds: 602 MiB for the 0.8B decoder's 517 MiB) and t
 activations. The pages of the files themselves are unmapped once loaded (memory.py)."""
 RUNTIME_OVERHEAD_MB = 300
 """onnxruntime, the tokenizer, Python, edged itself, the frames and the states it keeps."""
+READ_TOKENS = 512
+"""A frame's read and a rule, in tokens: the system prompt, the picture (196 tokens at
+448 x 448, 300 at 640 x 480) and the rule's question."""
 BUNDLED_PACKAGE = Path(__file__).parent / "tiny" / "vl-fp32"
 
 
@@ -41,16 +44,20 @@ class ModelSelectionError(Exception):
     """``[model] path`` names no usable package; the message says what to do."""
 
 
-def ram_need_mb(manifest: Manifest, max_length: int) -> int:
+def ram_need_mb(manifest: Manifest, max_length: int, rules_per_batch: int = 1) -> int:
     """The daemon's peak: the weights as loaded, one full state at ``max_length``, the
-    runtime. The embedding's token table is left out: the engine reads the rows of the tokens
-    in use from the file, mapping nothing (token_table.py)."""
+    runtime, and for rules run ``rules_per_batch`` to a call, the batch's states. The
+    embedding's token table is left out: the engine reads the rows of the tokens in use from
+    the file, mapping nothing (token_table.py)."""
     loaded = sum(f.size for f in manifest.files if not f.path.startswith("embedding/"))
     state = manifest.architecture.state_bytes(max_length)
-    return math.ceil((LOADED_FACTOR * loaded + state) / MIB) + RUNTIME_OVERHEAD_MB
+    # A batch holds each row's state twice, the fork going in and the state coming out, where
+    # one rule at a time holds one (measured at 0.8B: +146 MiB at 4 rows; docs/engine.md).
+    batch = 2 * (rules_per_batch - 1) * manifest.architecture.state_bytes(READ_TOKENS)
+    return math.ceil((LOADED_FACTOR * loaded + state + batch) / MIB) + RUNTIME_OVERHEAD_MB
 
 
-def installed_packages(models_dir: Path, max_length: int) -> list[InstalledPackage]:
+def installed_packages(models_dir: Path, max_length: int, rules_per_batch: int = 1) -> list[InstalledPackage]:
     """Every package directory in ``models_dir`` (those with a readable manifest), by name."""
     if not models_dir.is_dir():
         return []
@@ -60,7 +67,7 @@ def installed_packages(models_dir: Path, max_length: int) -> list[InstalledPacka
             manifest = read_manifest(directory)
         except ManifestError:
             continue
-        found.append(InstalledPackage(directory, manifest, ram_need_mb(manifest, max_length)))
+        found.append(InstalledPackage(directory, manifest, ram_need_mb(manifest, max_length, rules_per_batch)))
     return found
 
 
@@ -134,7 +141,7 @@ def _choose_automatically(config: ModelConfig, available_mb: int | None, targets
     available = available_memory_mb() if available_mb is None else available_mb
     budget = available - config.headroom_mb
     targets = tuple(targets) if targets is not None else usable_targets()
-    packages = installed_packages(config.models_dir, config.max_length)
+    packages = installed_packages(config.models_dir, config.max_length, config.rules_per_batch)
     runnable = [p for p in packages if p.manifest.target in targets]
     fitting = [p for p in runnable if p.ram_mb <= budget]
     if not fitting:
@@ -150,8 +157,8 @@ def _choose_automatically(config: ModelConfig, available_mb: int | None, targets
             f'[model] path = "auto": {found}, and {budget} MiB are available '
             f"({available} MiB free less {config.headroom_mb} MiB headroom). Install a smaller "
             "package with `edged models pull NAME` (`edged models list` shows them), lower "
-            '[model] headroom_mb or max_length, or set [model] path = "bundled" to try edged '
-            "with its tiny model"
+            f"[model] headroom_mb or max_length{' or rules_per_batch' if config.rules_per_batch > 1 else ''}, "
+            'or set [model] path = "bundled" to try edged with its tiny model'
         )
     # Largest first; between equals, the accelerator's build.
     best = max(fitting, key=lambda p: (p.manifest.size_bytes, p.manifest.target != "cpu"))
