@@ -19,6 +19,7 @@ after more prompts from 894 to 908 MB. Where the C library is not glibc it does 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -154,20 +155,9 @@ def _resident_anonymous_mappings(smaps: str) -> list[tuple[int, int, int]]:
     """(start, end, bytes already on huge pages) of each writable private mapping of no file
     whose pages are all resident and anonymous (the heap and the stacks are named, and left
     out)."""
-    found: list[tuple[int, int, int]] = []
-    current: list[int] | None = None
-    for line in smaps.splitlines():
-        head = line.split(None, 5)
-        if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
-            start, end = (int(bound, 16) for bound in head[0].split("-"))
-            current = [start, end] if len(head) == 5 and head[1] == "rw-p" else None
-        elif current is not None and line.startswith("Anonymous:"):
-            if int(line.split()[1]) << 10 != current[1] - current[0]:
-                current = None
-        elif current is not None and line.startswith("AnonHugePages:"):
-            found.append((current[0], current[1], int(line.split()[1]) << 10))
-            current = None
-    return found
+    return [(start, end, fields.get("AnonHugePages", 0) << 10)
+            for start, end, permissions, name, fields in _smaps_mappings(smaps)
+            if not name and permissions == "rw-p" and fields.get("Anonymous", 0) << 10 == end - start]
 
 
 def release_file_pages(folder: Path) -> int:
@@ -196,17 +186,22 @@ def release_file_pages(folder: Path) -> int:
 def _clean_mappings(smaps: str, prefix: str) -> list[tuple[int, int, int]]:
     """(start, end, resident KiB) of each mapping of a file under ``prefix`` with resident
     pages, none of them written."""
-    found: list[tuple[int, int, int]] = []
-    current: list[int] | None = None
+    return [(start, end, fields.get("Rss", 0)) for start, end, _, name, fields in _smaps_mappings(smaps)
+            if name.startswith(prefix) and fields.get("Anonymous", 0) == 0 and fields.get("Rss", 0) > 0]
+
+
+def _smaps_mappings(smaps: str) -> Iterator[tuple[int, int, str, str, dict[str, int]]]:
+    """(start, end, permissions, file or bracketed name or "", {field: kB}) of each mapping
+    in the text of /proc/PID/smaps."""
+    mapping: tuple[int, int, str, str, dict[str, int]] | None = None
     for line in smaps.splitlines():
         head = line.split(None, 5)
         if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            if mapping is not None:
+                yield mapping
             start, end = (int(bound, 16) for bound in head[0].split("-"))
-            current = [start, end, 0] if len(head) == 6 and head[5].startswith(prefix) else None
-        elif current is not None and line.startswith("Rss:"):
-            current[2] = int(line.split()[1])
-        elif current is not None and line.startswith("Anonymous:"):
-            if int(line.split()[1]) == 0 and current[2] > 0:
-                found.append((current[0], current[1], current[2]))
-            current = None
-    return found
+            mapping = (start, end, head[1], head[5] if len(head) == 6 else "", {})
+        elif mapping is not None and len(head) >= 2 and head[0].endswith(":") and head[1].isdigit():
+            mapping[4][head[0][:-1]] = int(head[1])
+    if mapping is not None:
+        yield mapping
