@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,9 +31,10 @@ def test_bench_engine_runs_and_reports_every_figure() -> None:
     assert report["image_feature_cosine_mean"] <= 1.0 + 1e-6 and 0 <= report["rule_probability_change_max"] <= 1
     assert isinstance(report["contended_spin"], bool) and "(" in report["cpu"]
     assert report["weights"] == "int4"  # a report says which build it measured (--block-size shows as int4-b128)
+    assert isinstance(report["huge_page_mib"], int) and report["huge_page_mib"] >= 0
     table = edged("bench", "engine", "--model", str(TINY / "text-int4"), "--repeats", "1", "--no-contended", timeout=300)
     assert table.returncode == 0, table.stderr
-    assert table.stdout.startswith("edged bench engine: text-int4 (int4 weights), ")
+    assert re.match(r"edged bench engine: text-int4 \(int4 weights, \d+ MiB on huge pages\), ", table.stdout)
     assert "decode tok/s" in table.stdout and "one core kept busy" not in table.stdout
     assert "rules on a read frame" not in table.stdout  # a text package reads no frame
 

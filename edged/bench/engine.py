@@ -110,6 +110,10 @@ class EngineBench:
     rule_probability_change_mean: float = float("nan")
     spin: bool | None = None
     """Whether edged's threads spun in the main measurements ([model] spin = "auto" decides)."""
+    huge_page_mib: int = 0
+    """MiB moved onto transparent huge pages as edged loaded the decoder: its weights, and any
+    other memory of the process then wholly resident (0 where the kernel has none, they are
+    ``never``, or the model runs on a GPU)."""
     llama: dict[str, dict[str, float]] | None = None
     """llama.cpp per quantization: decode tok/s, prefill s (128, 512 tokens), peak RSS MB."""
     llama_decode_ratio: float = float("nan")
@@ -221,7 +225,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
     theirs, same_threads = ({"fanout": float("nan"), **timed[side]} for side in ("og", "og_same_threads"))
     token_ids = {"decode_prompt": engine.encode(work.decode_prompt), "prefill_128": engine.encode(work.prefill_prompt),
                  "prefill_512": engine.encode(work.prefill_512_prompt)}
-    multimodal, spin, weights = engine.multimodal, engine.spin, engine.manifest.weights
+    multimodal, spin, weights, huge = engine.multimodal, engine.spin, engine.manifest.weights, engine.huge_page_mib
     del engine
     progress("8 rules one after another and as one batch")
     ours.update(_rules_seconds(package, threads, work, repeats, progress) if multimodal
@@ -257,7 +261,7 @@ def run_engine_bench(package: Path, threads: int = 0, repeats: int = 3, image: P
         peak_rss_more_prompts_mb=peak_later, og_peak_rss_more_prompts_mb=og_peak_later,
         frame_prep_ms=round(ours["frame_prep"] * 1000, 2), png_frame_prep_ms=round(ours["png_frame_prep"] * 1000, 2),
         frame_prep_ratio=round(ours["png_frame_prep"] / ours["frame_prep"], 1),
-        cpu=cpu_description(), weights=weights, spin=spin,
+        cpu=cpu_description(), weights=weights, spin=spin, huge_page_mib=huge,
         prefill_512_s=round(ours["prefill_512"], 4),
         decode_long_tok_s=round(1 / ours["decode_long"], 1), og_decode_long_tok_s=round(1 / theirs["decode_long"], 1),
         decode_long_ratio=ratio("decode_long", theirs),
@@ -604,7 +608,8 @@ def format_table(bench: EngineBench) -> str:
          bench.og_peak_rss_more_prompts_mb, round(bench.og_peak_rss_more_prompts_mb / bench.peak_rss_more_prompts_mb, 2)),
     ]
     waiting = "" if bench.spin is None else f", threads {'spinning' if bench.spin else 'sleeping'} while they wait"
-    lines = [f"edged bench engine: {bench.model} ({bench.weights} weights), {threads} threads{waiting}, {bench.cpu}",
+    lines = [f"edged bench engine: {bench.model} ({bench.weights} weights, {bench.huge_page_mib} MiB on huge pages), "
+             f"{threads} threads{waiting}, {bench.cpu}",
              f"{'':36} {'edged':>9} {same:>9} {'ratio':>6}  {'goal':<7} {'og as is':>9} {'ratio':>6}"]
     lines += [f"{name:36} {ours:>9} {og_same:>9} {ratio_same:>6}  {goal:<7} {og:>9} {ratio:>6}"
               for name, ours, og_same, ratio_same, goal, og, ratio in rows]
