@@ -7,10 +7,12 @@ and og.Generator loaded second decoded 3 to 7% faster, both ways round (edged 43
 against og's 41.8 loaded after it, 41.0 against 43.4 loaded before it). One process per side
 takes that out of the ratio.
 
-Nor are processes, on a virtual machine: two identical edged processes, loaded one after the
+Nor are processes, on a virtual machine: two identical processes, loaded one after the
 other with no other engine alive, decode 5 to 8% apart, and the first is the slower (0.8B, 2
-threads: 41.9 against 44.5 tok/s, the same pages resident in each). So ``best_loaded_both_ways``
-loads the sides once in each order and keeps each side's best.
+threads: 41.9 against 44.5 tok/s), its weights on 4 KiB pages of memory the host backs
+afresh. edged now moves its weights onto huge pages, which takes that away (memory.py), but
+og.Generator and llama.cpp keep theirs on 4 KiB pages. So ``best_loaded_both_ways`` loads the
+sides once in each order and keeps each side's best.
 """
 
 from __future__ import annotations
