@@ -197,6 +197,29 @@ def test_the_sides_of_a_comparison_take_turns_and_each_counts_its_fastest_run() 
     assert order[5:] == ["edged/decode", "og/decode", "edged/prefill", "og/prefill", "edged/only"] * 2  # after the warm-ups
 
 
+def test_a_side_whose_speed_comes_and_goes_is_timed_over_the_whole_span() -> None:
+    """llama.cpp's speed here falls for stretches of seconds within one process: three runs in
+    a row can all land in one. With a span the turns go on until it has passed, so a fast
+    stretch after the slow one counts; without one, the repeats alone decide."""
+    from edged.bench.timing import best_in_turn
+
+    now = [0.0]
+    slow_until = 6.0  # seconds into the rounds: a slow stretch covers the first three
+
+    def decode() -> float:
+        now[0] += 2.0
+        return 0.033 if now[0] <= slow_until + 2.0 else 0.023
+
+    def timed(span_s: float) -> tuple[float, float]:
+        now[0] = 0.0
+        fastest = best_in_turn({"llama.cpp": {"decode": decode}}, repeats=3, span_s=span_s, clock=lambda: now[0])
+        return fastest["llama.cpp"]["decode"], now[0]
+
+    assert timed(0.0) == (0.033, 8.0)  # the warm-up and three runs, all slow
+    best, ended = timed(12.0)
+    assert best == 0.023 and ended == 14.0  # rounds until 12 s had passed since the first began (at 2)
+
+
 def test_each_side_of_a_comparison_runs_alone_in_its_own_process_and_says_why_it_failed(tmp_path: Path) -> None:
     """bench engine loads edged and og.Generator each in a process of its own (sides.py):
     loaded into one process, the one loaded second ran faster. A side's figures run there on

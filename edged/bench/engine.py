@@ -338,8 +338,8 @@ def _add_llama(bench: EngineBench, checkpoint: Path, threads: int, token_ids: di
     prefill = {name: ids for name, ids in token_ids.items() if name.startswith("prefill")}
     figures = {}
     for name, gguf in llama_peer.gguf_files(checkpoint, progress).items():
-        # How fast a llama.cpp process decodes is set when it starts, on these virtual machines:
-        # six in a row at 0.8B, 2 threads, each the best of 3, gave 31 to 43 tok/s. The best of two.
+        # Its speed comes and goes in stretches (llama_peer.SPAN_S), and a stretch can outlast
+        # one process's span: the best of two processes.
         runs = [llama_peer.measure(gguf, peer_threads, token_ids["decode_prompt"], prefill, decode_tokens, repeats)
                 for _ in range(2)]
         measured = {figure: (max if figure == "peak_rss_mb" else min)(run[figure] for run in runs) for figure in runs[0]}

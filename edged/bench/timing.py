@@ -20,21 +20,26 @@ def seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def best_in_turn(sides: dict[str, dict[str, Callable[[], float]]], repeats: int) -> dict[str, dict[str, float]]:
+def best_in_turn(sides: dict[str, dict[str, Callable[[], float]]], repeats: int, span_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> dict[str, dict[str, float]]:
     """For each side of a comparison and each of its figures (a run that returns the seconds it
-    counts), the fastest of ``repeats`` runs after a warm-up, the sides taking turns at each
-    figure. A shared machine's speed drifts by a fifth over minutes: timed one side after the
-    other, a side can fall in a slow stretch the other missed, and the ratio shows the machine;
-    in turn, both meet the same stretches."""
+    counts), the fastest of its runs after a warm-up, the sides taking turns at each figure:
+    ``repeats`` rounds, and more until the rounds have taken ``span_s`` seconds. A shared
+    machine's speed drifts by a fifth over minutes: timed one side after the other, a side can
+    fall in a slow stretch the other missed, and the ratio shows the machine; in turn, both meet
+    the same stretches. The span is for a side whose own speed comes and goes in stretches of
+    seconds (llama.cpp here): a few rounds in a row can all fall in one."""
     for figures in sides.values():
         for run in figures.values():
             run()
     fastest: dict[str, dict[str, float]] = {side: {} for side in sides}
     figure_names = list(dict.fromkeys(name for figures in sides.values() for name in figures))
-    for _ in range(repeats):
+    started, rounds = clock(), 0
+    while rounds < repeats or clock() - started < span_s:
         for name in figure_names:
             for side, figures in sides.items():
                 if name in figures:
                     taken = figures[name]()
                     fastest[side][name] = min(taken, fastest[side].get(name, taken))
+        rounds += 1
     return fastest
