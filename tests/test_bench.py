@@ -137,6 +137,16 @@ def test_bench_ops_accounts_for_each_decoder_run_by_operator() -> None:
         assert ops["MatMulNBits"]["nodes"] == matmuls, phase  # one run's nodes, not several runs'
         assert sum(time["share"] for time in report[phase]) == pytest.approx(1, abs=0.01)
         assert sum(time["ms"] for time in report[phase]) <= run_ms
+    # a decode step's int4 products by weight matrix: every node once, under its matrix's name
+    matrices = {time["matrix"]: time for time in report["decode_matrices"]}
+    assert sum(time["nodes"] for time in matrices.values()) == matmuls
+    assert {"lm_head", "layers.*/mlp/up_proj"} <= set(matrices) and not any(re.search(r"\d", m) for m in matrices)
+    int4_ms = {time["op"]: time for time in report["decode"]}["MatMulNBits"]["ms"]
+    assert sum(time["ms"] for time in matrices.values()) == pytest.approx(int4_ms, abs=0.01)
+    # the tied lm_head, vocabulary x hidden: int4 weights and a float32 scale per block of 32
+    config = json.loads((TINY / "vl-int4" / "genai_config.json").read_text())["model"]
+    weights = config["vocab_size"] * config["decoder"]["hidden_size"]
+    assert matrices["lm_head"]["weights_mb"] == pytest.approx((weights / 2 + weights / 32 * 4) / 1e6, abs=1e-4)
     too_long = edged("bench", "ops", "--model", str(TINY / "vl-int4"), "--tokens", "300", timeout=120)
     assert too_long.returncode == 2 and "1 to 256" in too_long.stderr
 

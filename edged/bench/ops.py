@@ -6,16 +6,23 @@ that is mostly MatMulNBits runs at the speed of the CPU's int4 kernels however t
 around it is written. The timings come from onnxruntime's profiler, which slows a prefill
 by a few percent and a decode step by up to a quarter (at 0.8B, 38-41 ms against 32.7):
 the shares are what to read.
+
+A decode step reads every int4 weight once, so the bench also splits the int4 products of
+a decode step by weight matrix, each with the bytes the package stores for it and the rate
+at which the step read them: at 0.8B the tied 248K-row lm_head is a third of that time.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from edged.bench.engine import prompt_of
 
@@ -32,6 +39,22 @@ class OpTime:
 
 
 @dataclass
+class MatrixTime:
+    matrix: str
+    """The weight matrix, named as in the graph with the layer left out: ``lm_head``,
+    ``layers.*/mlp/up_proj``."""
+    ms: float
+    share: float
+    """Of the int4 products' kernel time."""
+    nodes: int
+    weights_mb: float
+    """The int4 weights, scales and zero points of all its nodes, as the package stores them
+    (onnxruntime repacks them for its kernels, with a float sum per block beside the scale)."""
+    gb_per_s: float
+    """``weights_mb`` over ``ms``: how fast the step read them."""
+
+
+@dataclass
 class OpsBench:
     model: str
     threads: int
@@ -42,6 +65,8 @@ class OpsBench:
     decode_step_ms: float
     """One decode step's decoder run, the mean of ``DECODE_STEPS``."""
     decode: list[OpTime]
+    decode_matrices: list[MatrixTime]
+    """The int4 products (MatMulNBits) of one decode step, by weight matrix, largest first."""
 
 
 def run_ops_bench(package: Path, threads: int = 0, prompt_tokens: int = 128) -> OpsBench:
@@ -49,6 +74,8 @@ def run_ops_bench(package: Path, threads: int = 0, prompt_tokens: int = 128) -> 
 
     with tempfile.TemporaryDirectory(prefix="edged-ops-") as folder:
         engine = Engine(package, threads=threads, profile_decoder=Path(folder) / "decoder")
+        weights = _int4_weight_bytes(package / json.loads((package / "genai_config.json").read_text())
+                                     ["model"]["decoder"]["filename"])
         ids = engine.encode(prompt_of(engine, prompt_tokens))
         if not 0 < len(ids) <= engine.prefill_chunk:
             raise ValueError(f"a prompt of {prompt_tokens} tokens: it must be 1 to {engine.prefill_chunk}, "
@@ -66,24 +93,66 @@ def run_ops_bench(package: Path, threads: int = 0, prompt_tokens: int = 128) -> 
         model=package.name, threads=threads, prompt_tokens=len(ids),
         prefill_ms=round(prefill["dur"] / 1000, 2), prefill=_by_operator(events, [prefill]),
         decode_step_ms=round(sum(run["dur"] for run in steps) / len(steps) / 1000, 3),
-        decode=_by_operator(events, steps),
+        decode=_by_operator(events, steps), decode_matrices=_by_matrix(events, steps, weights),
     )
+
+
+def _node_events(events: list[dict[str, Any]], runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The profiler's kernel events of the nodes that ran within ``runs``."""
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and \
+                any(run["ts"] <= event["ts"] <= run["ts"] + run["dur"] for run in runs):
+            yield event
 
 
 def _by_operator(events: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[OpTime]:
     """Kernel time per operator type within ``runs``, per run, largest first."""
     micros: dict[str, float] = defaultdict(float)
     nodes: dict[str, int] = defaultdict(int)
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
-            continue
-        if any(run["ts"] <= event["ts"] <= run["ts"] + run["dur"] for run in runs):
-            op = event["args"]["op_name"]
-            micros[op] += event["dur"]
-            nodes[op] += 1
+    for event in _node_events(events, runs):
+        op = event["args"]["op_name"]
+        micros[op] += event["dur"]
+        nodes[op] += 1
     total = sum(micros.values()) or 1.0
     return [OpTime(op, round(us / len(runs) / 1000, 3), round(us / total, 4), nodes[op] // len(runs))
             for op, us in sorted(micros.items(), key=lambda item: -item[1])]
+
+
+def _int4_weight_bytes(decoder: Path) -> dict[str, int]:
+    """Bytes of each MatMulNBits node's weights, scales and zero points, by node name, from
+    the graph's initializers (their data stays on disk)."""
+    import onnx
+
+    graph = onnx.load(decoder, load_external_data=False).graph
+    sizes = {tensor.name: int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+             for tensor in graph.initializer}
+    return {node.name: sum(sizes.get(name, 0) for name in node.input[1:]) for node in graph.node
+            if node.op_type == "MatMulNBits"}
+
+
+def _matrix_of(node: str) -> str:
+    """``/model/layers.3/mlp/up_proj/MatMul_Q4`` -> ``layers.*/mlp/up_proj``."""
+    return re.sub(r"^/?(model/)?|/MatMul[^/]*$", "", re.sub(r"layers\.\d+", "layers.*", node))
+
+
+def _by_matrix(events: list[dict[str, Any]], runs: list[dict[str, Any]], weights: dict[str, int]) -> list[MatrixTime]:
+    """The MatMulNBits kernel time within ``runs``, per run, by weight matrix, largest first."""
+    micros: dict[str, float] = defaultdict(float)
+    for event in _node_events(events, runs):
+        if event["args"]["op_name"] == "MatMulNBits":
+            micros[event["name"].removesuffix("_kernel_time")] += event["dur"]
+    by_matrix: dict[str, list[str]] = defaultdict(list)
+    for node in micros:
+        by_matrix[_matrix_of(node)].append(node)
+    total = sum(micros.values()) or 1.0
+    times = []
+    for matrix, nodes in by_matrix.items():
+        us = sum(micros[node] for node in nodes)
+        mb = sum(weights.get(node, 0) for node in nodes) / 1e6
+        ms = us / len(runs) / 1000
+        times.append(MatrixTime(matrix, round(ms, 3), round(us / total, 4), len(nodes), round(mb, 4),
+                                round(mb / ms, 1) if ms else 0.0))
+    return sorted(times, key=lambda time: -time.ms)
 
 
 def format_table(bench: OpsBench, rows: int = 15) -> str:
@@ -99,6 +168,15 @@ def format_table(bench: OpsBench, rows: int = 15) -> str:
         lines.append(f"({len(bench.prefill) - rows} more operator types)")
     lines.append(f"{'the whole run':34} {bench.prefill_ms:>9.1f} ms {'':12}   {bench.decode_step_ms:>9.2f} ms")
     lines.append("ms: kernel time per run; %: share of all kernel time; then how many nodes ran")
+    if bench.decode_matrices:
+        lines += ["", "int4 products of one decode step, by weight matrix (each weight is read once a step)",
+                  f"{'matrix':44} {'weights':>11} {'time':>10} {'share':>7} {'read at':>11}"]
+        for time in bench.decode_matrices:
+            name = f"{time.matrix} (x{time.nodes})" if time.nodes > 1 else time.matrix
+            lines.append(f"{name:44} {time.weights_mb:>8.2f} MB {time.ms:>7.2f} ms {time.share:>7.1%} "
+                         f"{time.gb_per_s:>6.1f} GB/s")
+        mb, ms = sum(t.weights_mb for t in bench.decode_matrices), sum(t.ms for t in bench.decode_matrices)
+        lines.append(f"{'all':44} {mb:>8.2f} MB {ms:>7.2f} ms {'':7} {mb / ms if ms else 0:>6.1f} GB/s")
     return "\n".join(lines)
 
 
