@@ -60,7 +60,7 @@ def add_commands(commands: Any, config_options: argparse.ArgumentParser) -> None
         "Then the int4 products of one decode step by weight matrix: the bytes the package stores\n"
         "for each and the rate the step read them at. A decode step reads every weight once, so\n"
         "this is where fewer bytes (--block-size, a smaller model) would pay; at 0.8B the tied\n"
-        "lm_head (vocabulary x hidden) takes about a third of it.\n"
+        "lm_head (vocabulary x hidden) takes about 30% of it.\n"
         "A few seconds at 0.8B.",
     )
     ops.add_argument("--model", type=Path, required=True, metavar="DIR", help="model package")
