@@ -10,8 +10,8 @@
 # The build targets the CPU it runs on, without -march=native: llama.cpp's native build on
 # these machines turns on AMX or AVX-512 paths that die with SIGILL on a VM whose host has
 # them but whose guest does not (../shared/FACTS.md), or with SIGSEGV in the first prompt
-# where the guest does grant AMX (an Intel Xeon VM, docs/engine.md). The extensions /proc/cpuinfo lists are
-# turned on one by one; AMX stays off.
+# where the guest does grant AMX (an Intel Xeon VM, docs/engine.md). The extensions that
+# /proc/cpuinfo lists are turned on one by one; AMX stays off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
