@@ -104,10 +104,10 @@ def with_the_decoder_the_engine_runs(package: Path, engine: Engine, copy: Path) 
 
 @pytest.mark.parametrize("package", [f"text-{FLOAT}", "text-int4", "vl-int4"])
 def test_text_prompt_gives_og_generator_tokens(package: str, tmp_path: Path) -> None:
-    """og.Generator's tokens, og running the decoder graph the engine runs: the engine's
-    rewrite of the gated norm (graph.py) moves int4 logits by a rounding of MatMulNBits'
-    8-bit activations, enough to flip a near tie in 40 tokens. vl-int4: text through edged's
-    token table (token_table.py) and og's embedding session."""
+    """og.Generator's tokens, og running the decoder graph the engine runs: the engine's CPU
+    rewrites (graph.py: the gated norm, the convolution's SiLU) move int4 logits by a rounding
+    of MatMulNBits' 8-bit activations, enough to flip a near tie in 40 tokens. vl-int4: text
+    through edged's token table (token_table.py) and og's embedding session."""
     engine = Engine(TINY / package)
     ids = engine.encode(engine.chat_prompt([{"role": "user", "content": QUESTION}]))
     state = engine.new_state()
@@ -808,6 +808,48 @@ def test_the_cpu_rewrite_of_the_gated_norm_computes_what_the_kernel_computes(tmp
                  "scale": rng.standard_normal(8).astype(np.float32)}
         for name, want, have in zip(("silu", "sigmoid", "unsized"), kernels.run(None, feeds), ours.run(None, feeds)):
             np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_cpu_rewrite_of_the_short_convolution_keeps_its_sums_and_state(tmp_path: Path) -> None:
+    """graph.py --cpu-ops on CausalConvWithState as the builder writes it (SiLU, a past state):
+    the kernel's outputs on prompts and decode steps, the state handed on bit for bit, and a
+    convolution with no activation left as it is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edged.engine.graph import rewritten_decoder
+
+    channels, taps = 12, 4
+    rng = np.random.default_rng(11)
+    weights = [numpy_helper.from_array(rng.standard_normal((channels, 1, taps)).astype(np.float32), "conv.w"),
+               numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "conv.b")]
+    conv = lambda output, activation: helper.make_node(  # noqa: E731
+        "CausalConvWithState", ["x", "conv.w", "conv.b", "past"], [output, f"{output}.present"],
+        domain="com.microsoft", name=output, ndim=1, activation=activation)
+    states = [helper.make_tensor_value_info(f"{name}.present", TensorProto.FLOAT, [1, channels, taps - 1])
+              for name in ("silu", "plain")]
+    graph = helper.make_graph(
+        [conv("silu", "silu"), conv("plain", "none")], "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, "L"]),
+         helper.make_tensor_value_info("past", TensorProto.FLOAT, [1, channels, taps - 1])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, channels, "L"]) for name in ("silu", "plain")]
+        + states, weights)
+    onnx.save(helper.make_model(graph, ir_version=10,
+                                opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]),
+              tmp_path / "model.onnx")
+    rewritten = rewritten_decoder(tmp_path / "model.onnx", cpu_ops=True)
+    activations = {n.name: helper.get_attribute_value(next(a for a in n.attribute if a.name == "activation"))
+                   for n in onnx.load_from_string(rewritten).graph.node if n.op_type == "CausalConvWithState"}
+    assert activations == {"silu": b"none", "plain": b"none"}
+    kernels = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(rewritten, providers=["CPUExecutionProvider"])
+    for length in (5, 1, 64):
+        feeds = {"x": rng.standard_normal((1, channels, length)).astype(np.float32) * 2,
+                 "past": rng.standard_normal((1, channels, taps - 1)).astype(np.float32)}
+        want, have = kernels.run(None, feeds), ours.run(None, feeds)
+        np.testing.assert_allclose(have[0], want[0], rtol=1e-5, atol=1e-6)  # another logistic: the last bits
+        for index in (1, 2, 3):  # the plain convolution, and both states handed on, bit for bit
+            assert np.array_equal(have[index], want[index])
 
 
 @pytest.mark.parametrize("size", [(387, 517), (120, 160), (20, 30), (1080, 1920)])

@@ -17,19 +17,20 @@ at the end of the graph does that conversion on the device, in microseconds, whe
 conversion of 248K float16 logits took 0.48 ms a token on the host; the copy out doubles to
 1 MB, still the cheaper side. A graph whose logits are float32 already is left as it is.
 
-``--cpu-ops``: onnxruntime's CPU kernel for GatedRMSNorm, the norm at the end of each Gated
-DeltaNet layer, calls the logistic function once per element: at 0.8B on two cores it is
-9% of a prompt's time, more than the DeltaNet recurrence itself (``edged bench ops``). It
-is written here as the operators it computes, whose kernels are vectorized: an RMS norm
-over each head (SimplifiedLayerNormalization, the scale's length being the head's size),
-times SiLU(gate). The results differ from the kernel's in the last bits of a float (the sum
-of squares is added up in another order); in an int4 decoder, whose MatMulNBits rounds
-activations to 8 bits, that can move a logit as much as another CPU's kernels do
-(docs/engine.md). Every path of the engine runs the same graph, so a state forked, saved or
-resumed still gives exactly the tokens the engine gives from scratch. CUDA's kernel is
-fused already: the engine asks for this on the CPU only. (CausalConvWithState is a scalar
-loop too, but written as standard operators it took 50 MB more at its peak for no gain
-beyond the machine's noise: docs/engine.md.)
+``--cpu-ops``: two of onnxruntime 1.32's CPU kernels for the Gated DeltaNet layers call the
+logistic function once per element, in a scalar loop. GatedRMSNorm, the norm at the end of each
+layer, was 9% of a prompt's time at 0.8B on two cores, more than the DeltaNet recurrence itself
+(``edged bench ops``); it is written here as the operators it computes, whose kernels are
+vectorized: an RMS norm over each head (SimplifiedLayerNormalization, the scale's length being
+the head's size), times SiLU(gate). CausalConvWithState, the short convolution before the
+recurrence, applies its SiLU the same way; it keeps its kernel for the convolution (the sums,
+and the state it hands on, stay the kernel's own), and the SiLU after it becomes a Sigmoid and
+a Mul, which onnxruntime fuses into QuickGelu. The results differ from the kernels' in the last
+bits of a float (another order of summing squares, another logistic); in an int4 decoder, whose
+MatMulNBits rounds activations to 8 bits, that can move a logit as much as another CPU's kernels
+do (docs/engine.md). Every path of the engine runs the same graph, so a state forked, saved or
+resumed still gives exactly the tokens the engine gives from scratch. CUDA's kernels are fused
+already: the engine asks for this on the CPU only.
 
 ``--rows``: forks of one state as the rows of a batch, each a prompt of several tokens over
 the state's past, in one call (``Engine.fork_logits``). onnxruntime's CPU GroupQueryAttention
@@ -265,6 +266,8 @@ def _vectorized_cpu_ops(graph: onnx.GraphProto) -> None:
         replaced = None
         if node.domain == "com.microsoft" and node.op_type == "GatedRMSNorm":
             replaced = _gated_rms_norm(node, initializers, graph)
+        elif node.domain == "com.microsoft" and node.op_type == "CausalConvWithState":
+            replaced = _conv_then_silu(node)
         nodes.extend(replaced if replaced is not None else [node])
     del graph.node[:]
     graph.node.extend(nodes)
@@ -300,6 +303,25 @@ def _gated_rms_norm(node: onnx.NodeProto, initializers: dict[str, onnx.TensorPro
     ]
 
 
+def _conv_then_silu(node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """The convolution by its kernel, without the activation, then SiLU as Sigmoid and Mul."""
+    if _attributes(node).get("activation") not in (b"silu", b"swish"):
+        return None
+    linear = f"edged/cpu/{node.output[0]}/linear"
+    conv = onnx.NodeProto()
+    conv.CopyFrom(node)
+    conv.output[0] = linear
+    for attribute in conv.attribute:
+        if attribute.name == "activation":
+            attribute.s = b"none"
+    name = f"edged/cpu/{node.output[0]}"
+    return [
+        conv,
+        helper.make_node("Sigmoid", [linear], [f"{name}/sigmoid"], name=f"{name}/Sigmoid"),
+        helper.make_node("Mul", [linear, f"{name}/sigmoid"], [node.output[0]], name=f"{name}/SiLU"),
+    ]
+
+
 def main() -> int:
     """The rewritten decoder on stdout; exit status 3 and the reason on stderr when the
     graph is not one these rewrites know."""
@@ -307,7 +329,7 @@ def main() -> int:
     parser.add_argument("decoder", type=Path)
     parser.add_argument("--last-logits", action="store_true", help="compute the logits at the last position only")
     parser.add_argument("--float32-logits", action="store_true", help="cast float16 logits to float32 in the graph")
-    parser.add_argument("--cpu-ops", action="store_true", help="GatedRMSNorm as the vectorized operators it computes")
+    parser.add_argument("--cpu-ops", action="store_true", help="GatedRMSNorm, and the SiLU of CausalConvWithState, as vectorized operators")
     parser.add_argument("--rows", action="store_true",
                         help="take a batch of rows of several tokens over a past, each read at its own end")
     args = parser.parse_args()
