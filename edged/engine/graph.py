@@ -329,7 +329,8 @@ def main() -> int:
     parser.add_argument("decoder", type=Path)
     parser.add_argument("--last-logits", action="store_true", help="compute the logits at the last position only")
     parser.add_argument("--float32-logits", action="store_true", help="cast float16 logits to float32 in the graph")
-    parser.add_argument("--cpu-ops", action="store_true", help="GatedRMSNorm, and the SiLU of CausalConvWithState, as vectorized operators")
+    parser.add_argument("--cpu-ops", action="store_true",
+                        help="GatedRMSNorm, and CausalConvWithState's SiLU, as vectorized operators")
     parser.add_argument("--rows", action="store_true",
                         help="take a batch of rows of several tokens over a past, each read at its own end")
     args = parser.parse_args()
