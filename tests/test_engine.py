@@ -810,7 +810,7 @@ def test_the_cpu_rewrite_of_the_gated_norm_computes_what_the_kernel_computes(tmp
             np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_the_cpu_rewrite_of_the_short_convolution_keeps_its_sums_and_state(tmp_path: Path) -> None:
+def test_the_cpu_rewrite_of_the_short_convolution_keeps_the_kernels_output_and_state(tmp_path: Path) -> None:
     """graph.py --cpu-ops on CausalConvWithState as the builder writes it (SiLU, a past state):
     the kernel's outputs on prompts and decode steps, the state handed on bit for bit, and a
     convolution with no activation left as it is."""
