@@ -13,13 +13,14 @@ import numpy as np
 import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from conftest import BUNDLED, FLOAT, LOGITS_ATOL, REPO, TINY
 
 from edged.images import write_png
 
 from edged.engine.engine import DECODE_ROOM, ContextFullError, Engine, EngineError, GenerationOptions
-from edged.engine.persist import StateFileError, load_state, save_state
+from edged.engine.persist import ComputedElsewhere, StateFileError, load_state, read_metadata, save_state
 from edged.engine.sampling import SamplingOptions
 from edged.engine.state import State
 from edged.engine.store import PrefixStore, SessionStore
@@ -533,7 +534,7 @@ from pathlib import Path
 from edged.engine.engine import Engine, GenerationOptions
 from edged.engine.persist import load_state
 engine = Engine(Path(sys.argv[1]))
-state = load_state(Path(sys.argv[2]), engine.fingerprint)
+state = load_state(Path(sys.argv[2]), engine.fingerprint, engine.arithmetic)
 engine.extend_prompt(state, sys.argv[3])
 print(json.dumps(engine.generate(state, GenerationOptions(max_tokens=12)).run().tokens))
 """
@@ -563,7 +564,34 @@ def test_state_file_of_another_model_is_refused(vl: Engine, tmp_path: Path) -> N
     save_state(state, path)
     other = Engine(TINY / "vl-int4")
     with pytest.raises(StateFileError, match="saved by another model"):
-        load_state(path, other.fingerprint)
+        load_state(path, other.fingerprint, other.arithmetic)
+
+
+def test_a_prefix_computed_under_other_arithmetic_is_read_again(text_fp32: Engine, tmp_path: Path) -> None:
+    """A prefix saved by another onnxruntime or decoder graph (an upgrade, say) is not
+    continued: its file is deleted, and the store reads it afresh; a file from before states
+    recorded their arithmetic goes the same way. A conversation so saved goes on."""
+    assert text_fp32.arithmetic.startswith(f"onnxruntime {ort.__version__}, CPUExecutionProvider, decoder ")
+    system = text_fp32.encode("<|im_start|>system\nWatch the gate.<|im_end|>\n")
+    state = text_fp32.new_state()
+    text_fp32.extend(state, system)
+    PrefixStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic).put(system, state)
+    saved = next((tmp_path / "prefixes").glob("*.safetensors"))
+    with pytest.raises(ComputedElsewhere, match="continuing it could give other tokens"):
+        load_state(saved, text_fp32.fingerprint, "onnxruntime 9.9.9, CPUExecutionProvider, decoder as packaged")
+    assert PrefixStore(tmp_path, text_fp32.fingerprint, "onnxruntime 9.9.9").get(system) is None
+    assert not saved.exists() and not (tmp_path / "refused").exists()
+
+    save_state(state, saved)
+    metadata = read_metadata(saved)
+    del metadata["arithmetic"]
+    save_file(load_file(saved), saved, metadata)
+    with pytest.raises(ComputedElsewhere, match="an older edged did not record"):
+        load_state(saved, text_fp32.fingerprint, text_fp32.arithmetic)
+
+    SessionStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic, budget_bytes=0).put("s", state)
+    went_on = SessionStore(tmp_path, text_fp32.fingerprint, "onnxruntime 9.9.9", budget_bytes=1 << 30).get("s")
+    assert went_on is not None and went_on.tokens == system and went_on.arithmetic == text_fp32.arithmetic
 
 
 def test_torn_or_damaged_state_files_are_refused(vl: Engine, tmp_path: Path) -> None:
@@ -574,12 +602,12 @@ def test_torn_or_damaged_state_files_are_refused(vl: Engine, tmp_path: Path) -> 
     data = path.read_bytes()
     path.write_bytes(data[: size // 2])
     with pytest.raises(StateFileError, match="not a readable state file"):
-        load_state(path, vl.fingerprint)
+        load_state(path, vl.fingerprint, vl.arithmetic)
     damaged = bytearray(data)
     damaged[-10] ^= 0xFF
     path.write_bytes(bytes(damaged))
     with pytest.raises(StateFileError, match="damaged"):
-        load_state(path, vl.fingerprint)
+        load_state(path, vl.fingerprint, vl.arithmetic)
 
 
 def test_session_store_never_exceeds_its_budget_and_spills_to_disk(text_fp32: Engine, tmp_path: Path) -> None:
@@ -589,7 +617,7 @@ def test_session_store_never_exceeds_its_budget_and_spills_to_disk(text_fp32: En
         text_fp32.extend(state, text_fp32.encode(f"Session number {n} " * (n + 1)))
         states[f"s{n}"] = state
     budget = states["s5"].nbytes * 2
-    store = SessionStore(tmp_path, text_fp32.fingerprint, budget)
+    store = SessionStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic, budget)
     for session, state in states.items():
         store.put(session, state)
         assert store.used_bytes <= budget
@@ -606,10 +634,10 @@ def test_prefix_store_survives_a_restart(text_fp32: Engine, tmp_path: Path) -> N
     system = text_fp32.encode("<|im_start|>system\nWatch the door.<|im_end|>\n")
     state = text_fp32.new_state()
     text_fp32.extend(state, system)
-    PrefixStore(tmp_path, text_fp32.fingerprint).put(system, state)
-    restored = PrefixStore(tmp_path, text_fp32.fingerprint).get(system)
+    PrefixStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic).put(system, state)
+    restored = PrefixStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic).get(system)
     assert restored is not None and restored.tokens == system
-    assert PrefixStore(tmp_path, text_fp32.fingerprint).get(system[:-1]) is None
+    assert PrefixStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic).get(system[:-1]) is None
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])  # on the processor's grid (read directly), and off it

@@ -105,13 +105,13 @@ class AgentPart:
             log.info("model package verified", package=str(choice.path), files_hashed=hashed)
         self.engine = load_engine(choice.path, model)
         self.engine_loads += 1
-        prefixes = PrefixStore(state_dir, self.engine.fingerprint, self.engine.device)
+        prefixes = PrefixStore(state_dir, self.engine.fingerprint, self.engine.arithmetic, self.engine.device)
         self._tasks = FrameTasks(
             self.engine, self._settings.agent.system_prompt, prefixes,
             on_prefix_error=lambda error: log.warning("prefix state not saved", reason=str(error)),
             rules_per_batch=model.rules_per_batch)
-        self._sessions = SessionStore(state_dir, self.engine.fingerprint, self._settings.state.budget_mb << 20,
-                                      self.engine.device)
+        self._sessions = SessionStore(state_dir, self.engine.fingerprint, self.engine.arithmetic,
+                                      self._settings.state.budget_mb << 20, self.engine.device)
         self._requests.bind(self.engine, self._tasks, self._sessions)
         self._refresh_figures()
         log.info("agent ready", model=choice.path.name, cameras=len(self._memory.trackers),

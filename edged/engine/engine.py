@@ -10,6 +10,7 @@ processor, and is the reference the tests compare tokens against.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -125,6 +126,13 @@ class Engine:
         self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
         self.execution_provider = self.decoder.get_providers()[0]
         """The provider that runs the decoder, as onnxruntime reports it."""
+        self.arithmetic = f"onnxruntime {ort.__version__}, {self.execution_provider}, decoder {self._decoder_graph}"
+        """What a state's numbers depend on beside the package. Another onnxruntime's kernels,
+        another provider or another rewrite of the decoder (graph.py) can move them in their
+        last bits, and a state saved under one and continued under another could then give
+        other tokens than reading its tokens afresh: saved states record it, and a prefix
+        saved under another is read again (store.py). The thread count is not part of it: one
+        thread and two give the same logits bit for bit (0.8B, a 348-token prompt and 8 steps)."""
         if provider == "cuda" and self.execution_provider != "CUDAExecutionProvider":
             log.warning("CUDA requested but the decoder runs on the CPU: onnxruntime could not load its CUDA "
                         "provider (CUDA or cuDNN libraries missing or of another version? its log says which)",
@@ -185,7 +193,7 @@ class Engine:
 
     def new_state(self) -> State:
         """The model before it has read anything."""
-        return State(fingerprint=self.fingerprint, tensors=dict(self._empty))
+        return State(fingerprint=self.fingerprint, arithmetic=self.arithmetic, tensors=dict(self._empty))
 
     def extend(self, state: State, tokens: Sequence[int]) -> np.ndarray:
         """Run ``tokens`` (after any pending ones) through the model; the next-token logits."""
@@ -279,13 +287,15 @@ class Engine:
     def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
         """The package's decoder, rewritten (graph.py) to compute only the last position's
         logits, the only ones ever read; in a package built for CUDA, to give them as
-        float32; on the CPU to run the gated norm's scalar kernel as vectorized operators;
-        and for ``rows``, to take a batch of rows. A graph the first rewrites do not know runs
-        as it is; one that cannot take rows fails the load."""
+        float32; on the CPU to run the scalar logistics of the gated norm and the short
+        convolution as vectorized operators; and for ``rows``, to take a batch of rows. A
+        graph the first rewrites do not know runs as it is; one that cannot take rows fails
+        the load. Notes which graph runs, for ``arithmetic``."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
                     *(["--float32-logits"] if self.manifest.target == "cuda" else []),
                     *(["--cpu-ops"] if self.device == "cpu" else []),
                     *(["--rows"] if self.rows else [])]
+        self._decoder_graph = "as packaged"
         if not rewrites:
             return self._session(filename, profile=profile)
         path = self.package / filename
@@ -297,6 +307,7 @@ class Engine:
             log.warning("running the decoder as the package gives it", rewrites=rewrites,
                         reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
             return self._session(filename, profile=profile)
+        self._decoder_graph = f"rewritten {hashlib.sha256(rewrite.stdout).hexdigest()[:16]}"
         return self._session(rewrite.stdout, folder=path.parent, profile=profile)
 
     def _embedding(self, filename: str) -> tuple[TokenTable | None, ort.InferenceSession | None]:

@@ -2,8 +2,10 @@
 
 A file is written to a temporary name, fsynced and renamed into place, so a killed process
 leaves the old file or the new one, never a torn one. The file carries the model's
-fingerprint, the token ids and a checksum over its tensors; one from another model, or one
-damaged on disk, is refused and never loaded.
+fingerprint, the engine's arithmetic (``Engine.arithmetic``), the token ids and a checksum over
+its tensors; one from another model, or one damaged on disk, is refused and never loaded. One
+computed under other arithmetic (another onnxruntime, say, after an upgrade) is sound, and
+the caller says whether to take it (store.py: a prefix is read again, a conversation goes on).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class StateFileError(Exception):
     """A state file that cannot be used; the message says which and why."""
 
 
+class ComputedElsewhere(StateFileError):
+    """A sound state file whose numbers came from other arithmetic than this engine's."""
+
+
 def save_state(state: State, path: Path, extra: dict[str, str] | None = None) -> int:
     """Write ``state`` to ``path`` atomically; returns the bytes written."""
     tensors = {name: np.ascontiguousarray(value) for name, value in state.arrays().items()}
@@ -38,6 +44,7 @@ def save_state(state: State, path: Path, extra: dict[str, str] | None = None) ->
     metadata = {
         "format": FORMAT,
         "fingerprint": state.fingerprint,
+        "arithmetic": state.arithmetic,
         "tokens": json.dumps(state.tokens),
         "pending": json.dumps(state.pending),
         "next_position": str(state.next_position),
@@ -65,8 +72,10 @@ def read_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
-def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
-    """The state saved in ``path``; refuses a file of another model or a damaged one."""
+def load_state(path: Path, fingerprint: str, arithmetic: str | None, device: str = "cpu") -> State:
+    """The state saved in ``path``; refuses a file of another model, a damaged one, or one
+    computed under other ``arithmetic`` (ComputedElsewhere; None takes any, and the state
+    keeps the arithmetic it was saved with)."""
     try:
         data = path.read_bytes()
         tensors = load(data)
@@ -80,6 +89,12 @@ def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
             f"{path}: saved by another model (fingerprint {metadata.get('fingerprint', '?')[:16]}, "
             f"this model is {fingerprint[:16]})"
         )
+    recorded = metadata.get("arithmetic", "")
+    if arithmetic is not None and recorded != arithmetic:
+        raise ComputedElsewhere(
+            f"{path}: computed under {recorded or 'arithmetic an older edged did not record'!r}, and this engine "
+            f"runs {arithmetic!r}: continuing it could give other tokens than reading it afresh"
+        )
     if metadata.get("checksum") != _checksum(tensors):
         raise StateFileError(f"{path}: damaged (its tensors do not match their checksum)")
     try:
@@ -90,6 +105,7 @@ def load_state(path: Path, fingerprint: str, device: str = "cpu") -> State:
     logits = tensors.pop(_LOGITS, None)
     return State(
         fingerprint=fingerprint,
+        arithmetic=recorded,
         tokens=tokens,
         pending=pending,
         next_position=next_position,

@@ -23,6 +23,9 @@ import onnxruntime as ort
 class State:
     fingerprint: str
     """The model package it was computed by; no other model may continue it."""
+    arithmetic: str
+    """What else its numbers depend on (``Engine.arithmetic``): onnxruntime's version, the
+    provider and the decoder graph as run. Saved with it (persist.py, store.py)."""
     tokens: list[int] = field(default_factory=list)
     """Every token run through the model, image pad tokens included."""
     pending: list[int] = field(default_factory=list)

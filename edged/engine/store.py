@@ -2,9 +2,13 @@
 
 Prefix states ("the model after the system prompt and rules") are keyed by the model's
 fingerprint and their token ids, kept in memory and saved, so a restart with the same
-config starts warm. Conversation states live in a least-recently-used map whose total size
-never exceeds the budget: the least recently used spill to disk and come back on their
-next question. At stop every session is saved.
+config starts warm. One saved under other arithmetic (persist.py: after an upgrade of
+onnxruntime, say) is deleted and read again, so that it gives what a fresh read gives.
+Conversation states live in a least-recently-used map whose total size never exceeds the
+budget: the least recently used spill to disk and come back on their next question. At stop
+every session is saved. A conversation saved under other arithmetic goes on under the new:
+it cannot always be read again (its picture is not kept), and dropping it would lose what
+was said.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from edged.engine.persist import StateFileError, load_state, read_metadata, save_state, set_aside
+from edged.engine.persist import ComputedElsewhere, StateFileError, load_state, read_metadata, save_state, set_aside
 from edged.engine.state import State
 
 log = structlog.get_logger()
@@ -29,7 +33,13 @@ def _file_key(*parts: str) -> str:
 
 def _refuse(path: Path, error: StateFileError, what: str, **fields: str) -> None:
     """Log why a state file was refused and move it aside, so the next start or question
-    does not trip over it again; it is kept under ``<state dir>/refused`` for inspection."""
+    does not trip over it again; it is kept under ``<state dir>/refused`` for inspection.
+    A prefix computed under other arithmetic is sound, and every one would be so after an
+    upgrade of onnxruntime: it is deleted rather than kept, and read again."""
+    if isinstance(error, ComputedElsewhere):
+        path.unlink(missing_ok=True)
+        log.info(f"{what} computed under other arithmetic; reading it again", reason=str(error), **fields)
+        return
     moved = set_aside(path, path.parent.parent / "refused")
     log.warning(f"{what} refused; starting fresh", reason=str(error),
                 moved_to=str(moved) if moved else "(could not be moved)", **fields)
@@ -38,10 +48,12 @@ def _refuse(path: Path, error: StateFileError, what: str, **fields: str) -> None
 class PrefixStore:
     """States after fixed prompt prefixes, in memory and under ``directory/prefixes``."""
 
-    def __init__(self, directory: Path, fingerprint: str, device: str = "cpu") -> None:
-        """``device``: where loaded states' tensors go, the engine's (``Engine.device``)."""
+    def __init__(self, directory: Path, fingerprint: str, arithmetic: str, device: str = "cpu") -> None:
+        """``arithmetic``, ``device``: the engine's (``Engine.arithmetic``, ``Engine.device``:
+        where loaded states' tensors go)."""
         self.directory = directory / "prefixes"
         self.fingerprint = fingerprint
+        self.arithmetic = arithmetic
         self.device = device
         self._states: dict[str, State] = {}
 
@@ -57,7 +69,7 @@ class PrefixStore:
             if not path.exists():
                 return None
             try:
-                state = load_state(path, self.fingerprint, self.device)
+                state = load_state(path, self.fingerprint, self.arithmetic, self.device)
                 if state.tokens + state.pending != list(tokens):
                     raise StateFileError(f"{path}: holds other tokens")
             except StateFileError as error:
@@ -75,10 +87,13 @@ class PrefixStore:
 class SessionStore:
     """Conversation states by session id, at most ``budget_bytes`` of them in memory."""
 
-    def __init__(self, directory: Path, fingerprint: str, budget_bytes: int, device: str = "cpu") -> None:
-        """``device``: where loaded states' tensors go, the engine's (``Engine.device``)."""
+    def __init__(self, directory: Path, fingerprint: str, arithmetic: str, budget_bytes: int,
+                 device: str = "cpu") -> None:
+        """``arithmetic``, ``device``: the engine's (``Engine.arithmetic``, ``Engine.device``:
+        where loaded states' tensors go)."""
         self.directory = directory / "sessions"
         self.fingerprint = fingerprint
+        self.arithmetic = arithmetic
         self.device = device
         self.budget_bytes = budget_bytes
         self._states: OrderedDict[str, State] = OrderedDict()
@@ -102,10 +117,13 @@ class SessionStore:
         try:
             if read_metadata(path).get("session") != session:
                 raise StateFileError(f"{path}: belongs to another session")
-            state = load_state(path, self.fingerprint, self.device)
+            state = load_state(path, self.fingerprint, None, self.device)
         except StateFileError as error:
             _refuse(path, error, "session state", session=session)
             return None
+        if state.arithmetic != self.arithmetic:
+            log.info("session goes on under other arithmetic than it was read with", session=session,
+                     saved_under=state.arithmetic or "(not recorded)", now=self.arithmetic)
         self.put(session, state)
         return state.fork()
 
