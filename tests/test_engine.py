@@ -577,8 +577,9 @@ def test_a_prefix_computed_under_other_arithmetic_is_read_again(text_fp32: Engin
     text_fp32.extend(state, system)
     PrefixStore(tmp_path, text_fp32.fingerprint, text_fp32.arithmetic).put(system, state)
     saved = next((tmp_path / "prefixes").glob("*.safetensors"))
-    with pytest.raises(ComputedElsewhere, match="continuing it could give other tokens"):
+    with pytest.raises(ComputedElsewhere, match="continuing it could give other tokens") as refused:
         load_state(saved, text_fp32.fingerprint, "onnxruntime 9.9.9, CPUExecutionProvider, decoder as packaged")
+    assert text_fp32.arithmetic in str(refused.value) and "onnxruntime 9.9.9" in str(refused.value)
     assert PrefixStore(tmp_path, text_fp32.fingerprint, "onnxruntime 9.9.9").get(system) is None
     assert not saved.exists() and not (tmp_path / "refused").exists()
 

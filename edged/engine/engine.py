@@ -123,10 +123,10 @@ class Engine:
         self.device = "cuda" if provider == "cuda" else "cpu"
         """Where the state's tensors live: onnxruntime's name of the decoder's device."""
         allocate_large_buffers_apart()
-        self.decoder = self._decoder(config["decoder"]["filename"], profile_decoder)
+        self.decoder, decoder_graph = self._decoder(config["decoder"]["filename"], profile_decoder)
         self.execution_provider = self.decoder.get_providers()[0]
         """The provider that runs the decoder, as onnxruntime reports it."""
-        self.arithmetic = f"onnxruntime {ort.__version__}, {self.execution_provider}, decoder {self._decoder_graph}"
+        self.arithmetic = f"onnxruntime {ort.__version__}, {self.execution_provider}, decoder {decoder_graph}"
         """What a state's numbers depend on beside the package. Another onnxruntime's kernels,
         another provider or another rewrite of the decoder (graph.py) can move them in their
         last bits, and a state saved under one and continued under another could then give
@@ -284,20 +284,20 @@ class Engine:
 
     # -- the model's parts -------------------------------------------------------------------
 
-    def _decoder(self, filename: str, profile: Path | None) -> ort.InferenceSession:
+    def _decoder(self, filename: str, profile: Path | None) -> tuple[ort.InferenceSession, str]:
         """The package's decoder, rewritten (graph.py) to compute only the last position's
         logits, the only ones ever read; in a package built for CUDA, to give them as
         float32; on the CPU to run the scalar logistics of the gated norm and the short
         convolution as vectorized operators; and for ``rows``, to take a batch of rows. A
         graph the first rewrites do not know runs as it is; one that cannot take rows fails
-        the load. Notes which graph runs, for ``arithmetic``."""
+        the load. With the session, which graph it runs: "as packaged", or the rewritten
+        graph's digest (for ``arithmetic``)."""
         rewrites = [*(["--last-logits"] if self.manifest.lm_head != "last" else []),
                     *(["--float32-logits"] if self.manifest.target == "cuda" else []),
                     *(["--cpu-ops"] if self.device == "cpu" else []),
                     *(["--rows"] if self.rows else [])]
-        self._decoder_graph = "as packaged"
         if not rewrites:
-            return self._session(filename, profile=profile)
+            return self._session(filename, profile=profile), "as packaged"
         path = self.package / filename
         rewrite = subprocess.run([sys.executable, "-m", "edged.engine.graph", str(path), *rewrites], capture_output=True)
         if rewrite.returncode != 0:
@@ -306,9 +306,9 @@ class Engine:
                 raise EngineError(f"the decoder cannot take rows: {said[-1] if said else rewrite.returncode}")
             log.warning("running the decoder as the package gives it", rewrites=rewrites,
                         reason=said[-1] if said else f"the rewrite exited with status {rewrite.returncode}")
-            return self._session(filename, profile=profile)
-        self._decoder_graph = f"rewritten {hashlib.sha256(rewrite.stdout).hexdigest()[:16]}"
-        return self._session(rewrite.stdout, folder=path.parent, profile=profile)
+            return self._session(filename, profile=profile), "as packaged"
+        digest = hashlib.sha256(rewrite.stdout).hexdigest()[:16]
+        return self._session(rewrite.stdout, folder=path.parent, profile=profile), f"rewritten {digest}"
 
     def _embedding(self, filename: str) -> tuple[TokenTable | None, ort.InferenceSession | None]:
         """The token table read from its file (token_table.py), or else the embedding session."""

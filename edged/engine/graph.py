@@ -307,14 +307,14 @@ def _conv_then_silu(node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """The convolution by its kernel, without the activation, then SiLU as Sigmoid and Mul."""
     if _attributes(node).get("activation") not in (b"silu", b"swish"):
         return None
-    linear = f"edged/cpu/{node.output[0]}/linear"
+    name = f"edged/cpu/{node.output[0]}"
+    linear = f"{name}/linear"
     conv = onnx.NodeProto()
     conv.CopyFrom(node)
     conv.output[0] = linear
     for attribute in conv.attribute:
         if attribute.name == "activation":
             attribute.s = b"none"
-    name = f"edged/cpu/{node.output[0]}"
     return [
         conv,
         helper.make_node("Sigmoid", [linear], [f"{name}/sigmoid"], name=f"{name}/Sigmoid"),
